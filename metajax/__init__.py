@@ -1,0 +1,14 @@
+"""metajax: JAX-first meta-learning with exact second-order meta-gradients."""
+from metajax import inner, losses, masks, models, task_map
+from metajax.inner import adapt
+from metajax.learner import Learner, MetaState, init_state, make_meta_step
+from metajax.maml import MAML
+from metajax.tasks import Task, check_tasks, check_ways
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAML", "Learner", "MetaState", "Task", "adapt", "check_tasks",
+    "check_ways", "init_state", "inner", "losses", "make_meta_step", "masks",
+    "models", "task_map",
+]

@@ -1,0 +1,4 @@
+"""Task sources: synthetic task families and real few-shot datasets."""
+from metajax.data import sinusoid
+
+__all__ = ["sinusoid"]

@@ -1,0 +1,56 @@
+"""The conv-4 backbone of few-shot learning (Vinyals et al. 2016; MAML; ProtoNets).
+
+Four blocks of [3x3 conv (``filters`` channels) -> batch norm -> ReLU ->
+downsample], flattened, then a linear head (or none, for metric learners).
+Downsampling is a 2x2 max-pool (ProtoNets, MAML's mini-ImageNet net) or a
+stride-2 convolution (MAML's Omniglot net). Any input size works:
+28x28x1 Omniglot gives 64 features, 84x84x3 mini-ImageNet with 32 filters
+gives 32 * 5 * 5 = 800.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+
+from metajax.models import ops
+from metajax.models.layers import Conv, norm_layer
+
+DOWNSAMPLE = ("maxpool", "stride")
+
+
+class Conv4(nn.Module):
+  """Conv-4: ``(N, H, W, C) -> (N, num_outputs)`` (or features if ``None``).
+
+  Attributes:
+    num_outputs: classes of the linear head; ``None`` returns the flattened
+      features (ProtoNets, Matching Networks).
+    filters: channels per block (64 for Omniglot, 32 for mini-ImageNet).
+    blocks: number of conv blocks.
+    downsample: ``'maxpool'`` (2x2 max-pool after each block) or ``'stride'``
+      (the block's convolution has stride 2, no pooling).
+    norm: batch-norm policy, see :mod:`metajax.models.layers`
+      (``'transductive'``: statistics of each batch it sees, per task).
+  """
+  num_outputs: int | None = 5
+  filters: int = 64
+  blocks: int = 4
+  downsample: str = "maxpool"
+  norm: str = "transductive"
+
+  @nn.compact
+  def __call__(self, x):
+    if x.ndim != 4:
+      raise ValueError(f"Conv4 expects (N, H, W, C) images, got shape {x.shape}")
+    if self.downsample not in DOWNSAMPLE:
+      raise ValueError(
+          f"unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLE}")
+    for i in range(self.blocks):
+      stride = 2 if self.downsample == "stride" else 1
+      x = Conv(self.filters, 3, strides=stride, name=f"conv{i}")(x)
+      x = norm_layer(self.norm, name=f"norm{i}")(x)
+      x = nn.relu(x)
+      if self.downsample == "maxpool":
+        x = ops.max_pool(x, 2)
+    x = x.reshape(x.shape[0], -1)
+    if self.num_outputs is None:
+      return x
+    return nn.Dense(self.num_outputs, name="head")(x)
