@@ -1,10 +1,14 @@
 """Multi-layer perceptron (MAML's sinusoid regressor: 1-40-40-1, ReLU)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+
+
+# cbfinn/maml's fully connected init: truncated normal, sd 0.01, zero biases.
+MAML_INIT = nn.initializers.truncated_normal(stddev=0.01)
 
 
 class MLP(nn.Module):
@@ -14,13 +18,16 @@ class MLP(nn.Module):
     hidden: widths of the hidden layers.
     num_outputs: output width.
     activation: nonlinearity after each hidden layer.
+    kernel_init: weight initialiser (flax's LeCun normal by default;
+      :data:`MAML_INIT` is cbfinn/maml's truncated normal with sd 0.01).
   """
   hidden: Sequence[int] = (40, 40)
   num_outputs: int = 1
   activation: Callable[[jax.Array], jax.Array] = nn.relu
+  kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
     for i, width in enumerate(self.hidden):
-      x = self.activation(nn.Dense(width, name=f"dense{i}")(x))
-    return nn.Dense(self.num_outputs, name="head")(x)
+      x = self.activation(nn.Dense(width, kernel_init=self.kernel_init, name=f"dense{i}")(x))
+    return nn.Dense(self.num_outputs, kernel_init=self.kernel_init, name="head")(x)

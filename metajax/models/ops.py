@@ -7,8 +7,8 @@ rules produce convolutions with permuted dimension numbers that XLA:CPU runs
 tens of times slower inside loops (measured on the weight gradient); the
 rewrite keeps every convolution in the canonical layout.
 
-``max_pool``: non-overlapping max-pooling as reshape + max, whose backward
-is an elementwise select instead of ``reduce_window``'s scatter.
+``max_pool``: non-overlapping max-pooling as reshape + masked sum, whose
+backward is an elementwise product instead of ``reduce_window``'s scatter.
 """
 from __future__ import annotations
 
@@ -76,8 +76,20 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
   """Non-overlapping ``window x window`` max-pool, VALID (trailing rows cut).
 
   ``x``: ``(N, H, W, C)`` -> ``(N, H // window, W // window, C)``.
+
+  Written as ``sum(onehot(argmax) * x)`` over each window, with the one-hot
+  mask held constant. ``jnp.max``'s own gradient finds the maximum by an
+  equality test ``x == max(x)``; after XLA fuses and recomputes ``x`` the two
+  sides can differ in the last bit, the test fails and the window's gradient
+  silently vanishes (seen as noisy, non-smooth MAML meta-losses with two or
+  more inner steps). The mask is exact, routes the gradient to the first
+  maximum as PyTorch does, and its second derivative is zero as it should be.
   """
   n, h, w, c = x.shape
   ho, wo = h // window, w // window
   x = x[:, :ho * window, :wo * window]
-  return jnp.max(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+  x = x.reshape(n, ho, window, wo, window, c).transpose(0, 1, 3, 5, 2, 4)
+  x = x.reshape(n, ho, wo, c, window * window)
+  mask = jax.lax.stop_gradient(
+      jax.nn.one_hot(jnp.argmax(x, axis=-1), window * window, dtype=x.dtype))
+  return jnp.sum(mask * x, axis=-1)

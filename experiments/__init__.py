@@ -1,0 +1,1 @@
+"""metajax experiment entry points (one folder per experiment)."""

@@ -1,0 +1,3 @@
+from experiments.sinusoid.main import main
+
+main()
