@@ -43,6 +43,11 @@ class Conv4(nn.Module):
     if self.downsample not in DOWNSAMPLE:
       raise ValueError(
           f"unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLE}")
+    small = min(x.shape[1:3])
+    if small < 2 ** self.blocks:
+      raise ValueError(
+          f"{x.shape[1]}x{x.shape[2]} inputs are too small for {self.blocks} "
+          f"downsampling blocks (need at least {2 ** self.blocks} pixels a side)")
     for i in range(self.blocks):
       stride = 2 if self.downsample == "stride" else 1
       x = Conv(self.filters, 3, strides=stride, name=f"conv{i}")(x)

@@ -1,0 +1,43 @@
+"""Model zoo shapes and the conv-4 family's configurations."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from metajax.models import MLP, Conv4
+
+
+@pytest.mark.parametrize("shape,filters,downsample,features", [
+    ((28, 28, 1), 64, "maxpool", 64),        # Omniglot, ProtoNets / torch reference
+    ((84, 84, 3), 32, "maxpool", 32 * 5 * 5),  # mini-ImageNet (MAML: 32 filters)
+    ((28, 28, 1), 8, "stride", 8 * 2 * 2),   # MAML's strided Omniglot net
+])
+def test_conv4_feature_sizes(shape, filters, downsample, features):
+  net = Conv4(num_outputs=None, filters=filters, downsample=downsample)
+  x = jnp.zeros((2,) + shape)
+  params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(net.apply, params, x)
+  assert out.shape == (2, features)
+  head = Conv4(num_outputs=5, filters=filters, downsample=downsample)
+  p = jax.eval_shape(head.init, jax.random.PRNGKey(0), x)
+  assert p["params"]["head"]["kernel"].shape == (features, 5)
+  assert p["params"]["norm0"]["scale"].shape == (filters,)
+
+
+def test_conv4_bad_input_and_options():
+  with pytest.raises(ValueError, match=r"expects \(N, H, W, C\)"):
+    Conv4().init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28)))
+  with pytest.raises(ValueError, match="unknown downsample"):
+    Conv4(downsample="avg").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+  with pytest.raises(ValueError, match="unknown norm policy"):
+    Conv4(norm="running").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+  with pytest.raises(ValueError, match="too small for 4 downsampling blocks"):
+    Conv4().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  p = Conv4(3, filters=2, norm="none", blocks=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  assert "norm0" not in p["params"]
+
+
+def test_mlp_shapes():
+  net = MLP((40, 40), 1)
+  p = net.init(jax.random.PRNGKey(0), jnp.zeros((3, 1)))
+  assert net.apply(p, jnp.zeros((7, 1))).shape == (7, 1)
+  assert p["params"]["dense0"]["kernel"].shape == (1, 40)
