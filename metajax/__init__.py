@@ -1,5 +1,5 @@
 """metajax: JAX-first meta-learning with exact second-order meta-gradients."""
-from metajax import inner, losses, masks, models, task_map
+from metajax import data, evaluation, inner, losses, masks, models, stats, task_map, train
 from metajax.inner import adapt
 from metajax.learner import Learner, MetaState, init_state, make_meta_step
 from metajax.maml import MAML
@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAML", "Learner", "MetaState", "Task", "adapt", "check_tasks",
-    "check_ways", "init_state", "inner", "losses", "make_meta_step", "masks",
-    "models", "task_map",
+    "check_ways", "data", "evaluation", "init_state", "inner", "losses",
+    "make_meta_step", "masks", "models", "stats", "task_map", "train",
 ]
