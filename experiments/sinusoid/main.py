@@ -173,6 +173,7 @@ def parse(argv=None):
   p.add_argument("--train-per-k", action="store_true",
                  help="train one model per evaluation K (with that K) instead "
                       "of one K=10 model evaluated at every K")
+  p.add_argument("--inner-lr", type=float, help="inner step size alpha (0.01)")
   p.add_argument("--eval-tasks", type=int)
   p.add_argument("--seed", type=int)
   p.add_argument("--out", default="runs/sinusoid", help="output directory")
@@ -182,7 +183,8 @@ def parse(argv=None):
          config_lib.paper() if args.paper else config_lib.Config())
   for field, value in (("iterations", args.iterations),
                        ("baseline_iterations", args.baseline_iterations),
-                       ("eval_tasks", args.eval_tasks), ("seed", args.seed)):
+                       ("eval_tasks", args.eval_tasks), ("seed", args.seed),
+                       ("inner_lr", args.inner_lr)):
     if value is not None:
       setattr(cfg, field, value)
   cfg.first_order = cfg.first_order or args.first_order
