@@ -1,6 +1,7 @@
 """Task sources: synthetic task families and real few-shot datasets.
 
 * :mod:`~metajax.data.sinusoid`: MAML's sinusoid regression tasks.
+* :mod:`~metajax.data.gp`: 1-D Gaussian-process regression tasks (CNPs).
 * :mod:`~metajax.data.omniglot`: Omniglot loaders (original zips/folders,
   npz arrays, TFDS) -> ``(classes, 20, H, W, 1)``.
 * :mod:`~metajax.data.splits`: named Omniglot class splits (MAML, Vinyals,
@@ -11,7 +12,7 @@
   FC100 loaders.
 * :mod:`~metajax.data.datadir`: data dir / cache dir settings and errors.
 """
-from metajax.data import datadir, imagenet, omniglot, sampler, sinusoid, splits
+from metajax.data import datadir, gp, imagenet, omniglot, sampler, sinusoid, splits
 from metajax.data.datadir import add_data_dir_flag, resolve_data_dir
 from metajax.data.imagenet import (ImageClassData, load_cifar_fs, load_fc100,
                                    load_miniimagenet, load_tieredimagenet)
@@ -22,7 +23,7 @@ from metajax.data.splits import SPLITS, OmniglotSplit, split_omniglot
 
 __all__ = [
     "ROTATIONS", "SPLITS", "EpisodeData", "EpisodeSampler", "ImageClassData",
-    "OmniglotData", "OmniglotSplit", "add_data_dir_flag", "datadir",
+    "OmniglotData", "OmniglotSplit", "add_data_dir_flag", "datadir", "gp",
     "imagenet", "load_cifar_fs", "load_fc100", "load_miniimagenet",
     "load_omniglot", "load_omniglot_archive", "load_tieredimagenet",
     "omniglot", "resolve_data_dir", "sampler", "sinusoid",
