@@ -1,0 +1,1 @@
+"""Few-shot Omniglot: every metajax learner on one protocol, side by side."""

@@ -1,0 +1,3 @@
+from experiments.omniglot.main import main
+
+main()
