@@ -16,6 +16,12 @@ The inner learning rate may be
 ``mask`` picks which parameters adapt (the rest stay at their meta-learned
 values and get no inner gradient); e.g. head-only adaptation for ANIL.
 
+``step_loss=True`` makes the support loss depend on the step index ``t``
+(``loss_fn(params, t)``): inner minibatches (Reptile) or per-step batch-norm
+weights (MAML++). ``t`` is a Python ``int`` when unrolled and a traced
+``int32`` scalar under ``lax.scan`` or ``remat``, so index with it (``a[t]``)
+rather than branch on it.
+
 Scanned or unrolled: ``unroll=True`` writes the steps out in Python (best
 run time for conv nets on XLA CPU, longer compile), ``unroll=False`` uses
 ``lax.scan`` (compile time independent of ``steps``), an integer ``k > 1``
@@ -63,7 +69,8 @@ def adapt(loss_fn: LossFn,
           remat: bool = False,
           optimizer: optax.GradientTransformation | None = None,
           has_aux: bool = False,
-          return_trajectory: bool = False):
+          return_trajectory: bool = False,
+          step_loss: bool = False):
   """Adapts ``params`` by ``steps`` gradient steps on ``loss_fn``.
 
   Args:
@@ -86,6 +93,8 @@ def adapt(loss_fn: LossFn,
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     return_trajectory: also return the parameters after every step, stacked
       on a leading axis of length ``steps`` (for MAML++'s multi-step loss).
+    step_loss: ``loss_fn`` takes ``(params, t)``, ``t`` the 0-based step
+      index (see the module docstring).
 
   Returns:
     The adapted parameters (a pytree like ``params``), or
@@ -103,8 +112,8 @@ def adapt(loss_fn: LossFn,
       full[i] = a
     return jax.tree_util.tree_unflatten(treedef, full)
 
-  def support_loss(adapted):
-    out = loss_fn(combine(adapted))
+  def support_loss(adapted, t):
+    out = loss_fn(combine(adapted), t) if step_loss else loss_fn(combine(adapted))
     return out[0] if has_aux else out
 
   grad_fn = jax.grad(support_loss)
@@ -119,22 +128,22 @@ def adapt(loss_fn: LossFn,
               f"per-step learning rates cover {n} steps but {steps} inner "
               "steps were asked for")
 
-    def step(adapted, step_lrs):
-      g = grad_fn(adapted)
+    def step(adapted, step_lrs, t):
+      g = grad_fn(adapted, t)
       if first_order:
         g = jax.lax.stop_gradient(g)
       return [p - a * d for p, a, d in zip(adapted, step_lrs, g)]
 
     def body(adapted, t):
       step_lrs = [l[t] for l in lrs] if per_step_lr else lrs
-      new = step_fn(adapted, step_lrs)
+      new = step_fn(adapted, step_lrs, t)
       return new, new
 
     state0 = [leaves[i] for i in idx]
   else:
-    def step(carry, _):
+    def step(carry, t):
       adapted, opt_state = carry
-      g = grad_fn(adapted)
+      g = grad_fn(adapted, t)
       if first_order:
         g = jax.lax.stop_gradient(g)
       updates, opt_state = optimizer.update(g, opt_state, adapted)

@@ -7,6 +7,9 @@ of step ``i`` depend only on the seed and ``i``: a run that is interrupted and
 resumed from a checkpoint sees exactly the tasks, and produces exactly the
 numbers, of an uninterrupted one.
 
+MAML++ trains with :func:`metajax.maml_plus_plus.make_meta_step`, whose
+annealing schedules follow the step count.
+
 ``steps_per_call`` meta-steps run inside one ``lax.scan`` per host call (few
 dispatches for tiny models such as the sinusoid MLP); after each call the
 loop checks the losses for NaN/inf, updates the progress bar and, every
@@ -128,8 +131,12 @@ def fit(learner: Learner,
       history = {k: [v] for k, v in hist.items()}
       done = int(state.step)
 
-  step = make_meta_step(learner, optimizer, task_map=task_map,
-                        chunk_size=chunk_size, check=False).jitted
+  from metajax import maml_plus_plus  # its schedules follow state.step
+  factory = (maml_plus_plus.make_meta_step
+             if isinstance(learner, maml_plus_plus.MAMLPlusPlus)
+             else make_meta_step)
+  step = factory(learner, optimizer, task_map=task_map, chunk_size=chunk_size,
+                 check=False).jitted
 
   def run_chunk(state, n):
     def body(state, _):

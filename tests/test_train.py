@@ -63,3 +63,22 @@ def test_nan_loss_raises_naming_the_step():
   with pytest.raises(train.NonFiniteLossError, match="at step 0"):
     train.fit(LEARNER, optax.adam(1e-3), bad_sample, num_steps=5,
               progress=False)
+
+
+def test_fit_follows_maml_plus_plus_schedules():
+  from metajax import maml_plus_plus as mpp
+  learner = mpp.MAMLPlusPlus(MLP((8,), 1), loss="mse", inner_steps=2,
+                             inner_lr=0.01, msl_epochs=1, first_order_epochs=1,
+                             iters_per_epoch=3)
+  opt = optax.adam(1e-3)
+  state, hist = train.fit(learner, opt, SAMPLE, num_steps=6, seed=0,
+                          steps_per_call=4, progress=False)
+  # The same run stepped by hand with MAML++'s own (phase-switching) step.
+  init_key, data_key = jax.random.split(jax.random.PRNGKey(0))
+  ref = mj.init_state(learner, opt, init_key,
+                      jax.tree_util.tree_map(lambda a: a[0], SAMPLE(jax.random.fold_in(data_key, 0))))
+  step = mpp.make_meta_step(learner, opt)
+  for i in range(6):
+    ref, _ = step(ref, SAMPLE(jax.random.fold_in(data_key, i)))
+  for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)

@@ -1,0 +1,1 @@
+"""Conditional Neural Process on 1-D Gaussian-process regression."""

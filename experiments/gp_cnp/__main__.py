@@ -1,0 +1,3 @@
+from experiments.gp_cnp.main import main
+
+main()
