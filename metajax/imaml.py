@@ -18,7 +18,10 @@ and the meta-gradient of the query loss is
     g_theta = (I + H / lam)^{-1} grad L_Q(phi*),                    (Eq. 7)
 
 computed by ``cg_steps`` iterations of conjugate gradient on
-``v -> v + H v / lam`` with Hessian-vector products (forward-over-reverse),
+``v -> v + H v / lam`` with Hessian-vector products (``hvp='reverse'``,
+reverse-over-reverse, works for every model including layers with custom
+VJPs such as metajax's conv; ``hvp='forward'``, forward-over-reverse, is
+cheaper for models without them),
 never forming ``H``. Both parts are wired into autodiff with
 :func:`jax.custom_vjp`: the forward pass runs the inner loop without
 recording it, the backward pass is the CG solve, so memory is independent of
@@ -139,6 +142,11 @@ def _implicit_bwd(learner, steps, res, g):
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
 
 
+def _tree_vdot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                            jax.tree_util.tree_leaves(b)))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class IMAML(MAML):
   """Implicit MAML over a flax model (equations in the module docstring).
@@ -156,6 +164,8 @@ class IMAML(MAML):
     cg_steps: conjugate-gradient iterations of the backward solve (0: the
       first-order approximation).
     cg_damping: extra ``damping * v`` in the CG operator.
+    hvp: ``'reverse'`` (any model) or ``'forward'`` (faster; not through
+      custom-VJP layers such as :func:`metajax.models.ops.conv2d`).
     inner_optimizer: optional optax optimiser for the inner solve instead
       of gradient descent.
   """
@@ -165,6 +175,7 @@ class IMAML(MAML):
   lam: float = 2.0
   cg_steps: int = 5
   cg_damping: float = 0.0
+  hvp: str = "reverse"
   inner_optimizer: optax.GradientTransformation | None = None
 
   PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
@@ -176,6 +187,8 @@ class IMAML(MAML):
       raise ValueError(f"iMAML needs lam > 0, got {self.lam}")
     if self.cg_steps < 0:
       raise ValueError(f"cg_steps must be >= 0, got {self.cg_steps}")
+    if self.hvp not in ("reverse", "forward"):
+      raise ValueError(f"hvp must be 'reverse' or 'forward', got {self.hvp!r}")
     if self.cg_damping < 0:
       raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
     if self.learn_inner_lr is not None:
@@ -233,8 +246,15 @@ class IMAML(MAML):
       return g
     grad_fn = jax.grad(lambda p: self.support_loss(p, x, y))
 
+    def hvp(v):
+      if self.hvp == "forward":
+        return jax.jvp(grad_fn, (phi,), (v,))[1]
+      # Layers with a custom VJP (metajax's conv) have no forward mode;
+      # reverse-over-reverse gives the same product for every model.
+      return jax.grad(lambda p: _tree_vdot(grad_fn(p), v))(phi)
+
     def matvec(v):
-      hv = jax.jvp(grad_fn, (phi,), (v,))[1]
+      hv = hvp(v)
       return jax.tree_util.tree_map(
           lambda a, b: (1.0 + self.cg_damping) * a + b / self.lam, v, hv)
 
