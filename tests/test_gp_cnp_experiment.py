@@ -13,4 +13,4 @@ def test_tiny_run(tmp_path):
   assert np.isfinite(ll["mean"]) and ll["ci95"] > 0
   assert saved["test"]["num_tasks"] == 8
   assert (tmp_path / saved["figures"][0]).stat().st_size > 5_000
-  assert r["train"]["loss_curve"][-1][0] == 30
+  assert r["train"]["loss_curve"][-1][0] == 6

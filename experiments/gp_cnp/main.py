@@ -50,8 +50,8 @@ class Config:
 
 
 def tiny() -> Config:
-  return Config(iterations=30, meta_batch=4, eval_tasks=8, eval_batch=4,
-                log_every=10, plots=1)
+  return Config(iterations=6, meta_batch=4, eval_tasks=8, eval_batch=4,
+                log_every=3, plots=1)
 
 
 def run(cfg: Config, out: pathlib.Path, *, progress: bool = True) -> dict:

@@ -1,0 +1,136 @@
+"""MAML meta-step speed and memory vs the PyTorch reference, same machine, same run.
+
+    python benchmarks/maml_vs_torch.py [--configs sine_maml2 ...] [--torch /tmp/benchvenv/bin/python]
+                                       [--max-steps N] [--out benchmarks/results_maml.json]
+
+For each workload of ``../shared/bench/configs.json`` (same shapes: MLP
+1-40-40-1 sinusoid MAML, conv-4 Omniglot 5-way/20-way MAML, first and second
+order), a fresh subprocess builds the metajax learner, times the first
+meta-step (compile) and then ``--max-steps`` steps (median, p25-p75 ms), and
+reads its peak RSS. GFLOP/s divides the PyTorch harness's ``gflop_per_step``
+(matmul + conv FLOPs of its loop implementation) by our time, so both sides
+share one numerator. With ``--torch``, the reference harness
+(``torch_ref.py``, PyTorch implementations given in ``--torch-impls``) runs
+right after each JAX workload in the same session, and the JSON records the
+same-run ratio torch_ms / jax_ms (> 1: metajax is faster). The reference's own
+code is run, never copied.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "bench"
+MAML_CONFIGS = ("sine_maml2", "sine_maml1", "omni5w1s_maml2", "omni5w1s_maml1",
+                "omni20w1s_maml2", "omni20w1s_maml1")
+
+CHILD = r'''
+import json, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np, optax
+import metajax as mj
+from metajax.data import sinusoid
+from metajax.models import MLP, Conv4
+
+cfg = json.loads(sys.argv[1]); max_steps = int(sys.argv[2]); task_map = sys.argv[3]
+key = jax.random.PRNGKey(0)
+if cfg["task"] == "sinusoid":
+  model = MLP(tuple(cfg["model"]["sizes"][1:-1]), 1)
+  tasks = sinusoid.sample_tasks(key, cfg["meta_batch"], cfg["support"], cfg["query"])
+  loss = "mse"
+else:
+  w, k, q, t = cfg["ways"], cfg["shots"], cfg["query_per_class"], cfg["meta_batch"]
+  model = Conv4(w, filters=cfg["model"]["hidden"])
+  k1, k2 = jax.random.split(key)
+  lab = lambda n: jnp.tile(jnp.repeat(jnp.arange(w, dtype=jnp.int32), n), (t, 1))
+  tasks = mj.Task(jax.random.normal(k1, (t, w * k, 28, 28, 1)), lab(k),
+                  jax.random.normal(k2, (t, w * q, 28, 28, 1)), lab(q))
+  loss = "cross_entropy"
+learner = mj.MAML(model, loss=loss, inner_steps=cfg["inner_steps"],
+                  inner_lr=cfg["inner_lr"], first_order=cfg["order"] == 1)
+opt = optax.adam(1e-3)
+state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.tasks.task_slice(tasks, 0))
+step = mj.make_meta_step(learner, opt, task_map=task_map,
+                         chunk_size=1 if task_map == "map" else None, check=False)
+t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+first = time.perf_counter() - t0
+times = []
+for _ in range(max_steps):
+  t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+  times.append(time.perf_counter() - t0)
+ms = np.array(times) * 1e3
+print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
+                  "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
+                  "steps_timed": len(times), "last_loss": float(m["loss"]),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "task_map": task_map}))
+'''
+
+
+def run_jax(cfg: dict, max_steps: int, task_map: str) -> dict:
+  out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps), task_map],
+                       capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+  if out.returncode:
+    raise RuntimeError(out.stderr[-3000:])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_torch(python: str, name: str, impl: str, max_steps: int) -> dict:
+  with tempfile.TemporaryDirectory() as d:
+    res = pathlib.Path(d) / "r.json"
+    out = subprocess.run([python, str(BENCH / "torch_ref.py"), "--config", name, "--impl", impl,
+                          "--malloc-tune", "--results", str(res), "--max-steps", str(max_steps),
+                          "--min-steps", str(min(3, max_steps))],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+      return {"error": out.stderr[-2000:]}
+    runs = json.loads(res.read_text())["runs"]
+    return runs[f"{name}|{impl}"]
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", nargs="+", default=list(MAML_CONFIGS))
+  p.add_argument("--torch", help="python with torch 2.13 for the same-run reference")
+  p.add_argument("--torch-impls", nargs="+", default=["loop", "vmap"])
+  p.add_argument("--max-steps", type=int, default=8)
+  p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_maml.json"))
+  args = p.parse_args(argv)
+  sys.path.insert(0, str(ROOT))
+  from metajax import machine
+  configs = json.loads((BENCH / "configs.json").read_text())["configs"]
+  ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
+  results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
+             "max_steps": args.max_steps, "runs": {}}
+  for name in args.configs:
+    cfg = configs[name]
+    task_map = "vmap" if cfg["task"] == "sinusoid" else "map"
+    steps = args.max_steps * (25 if cfg["task"] == "sinusoid" else 1)
+    gflop = ref_flops.get(f"{name}|loop", {}).get("gflop_per_step")
+    entry = {"jax": run_jax(cfg, steps, task_map), "gflop_per_step_torch": gflop}
+    if gflop:
+      entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
+    if args.torch:
+      impls = [i for i in args.torch_impls
+               if i in json.loads((BENCH / "configs.json").read_text())["matrix"][name]]
+      if "omni20" in name:
+        impls = [i for i in impls if i != "vmap"]  # 30-60 s a step, 14-18 GiB
+      entry["torch"] = {i: run_torch(args.torch, name, i, steps) for i in impls}
+      best = min((r["median_ms"] for r in entry["torch"].values() if "median_ms" in r),
+                 default=None)
+      if best:
+        entry["torch_best_ms"] = best
+        entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
+    results["runs"][name] = entry
+    print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
+    pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  main()
