@@ -104,7 +104,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   sys.path.insert(0, str(ROOT))
   from metajax import machine
-  configs = json.loads((BENCH / "configs.json").read_text())["configs"]
+  bench_spec = json.loads((BENCH / "configs.json").read_text())
+  configs, matrix = bench_spec["configs"], bench_spec["matrix"]
   ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
              "max_steps": args.max_steps, "runs": {}}
@@ -117,8 +118,7 @@ def main(argv=None):
     if gflop:
       entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
     if args.torch:
-      impls = [i for i in args.torch_impls
-               if i in json.loads((BENCH / "configs.json").read_text())["matrix"][name]]
+      impls = [i for i in args.torch_impls if i in matrix[name]]
       if "omni20" in name:
         impls = [i for i in impls if i != "vmap"]  # 30-60 s a step, 14-18 GiB
       entry["torch"] = {i: run_torch(args.torch, name, i, steps) for i in impls}

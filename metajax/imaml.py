@@ -142,11 +142,6 @@ def _implicit_bwd(learner, steps, res, g):
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
 
 
-def _tree_vdot(a, b):
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                            jax.tree_util.tree_leaves(b)))
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class IMAML(MAML):
   """Implicit MAML over a flax model (equations in the module docstring).
@@ -251,7 +246,7 @@ class IMAML(MAML):
         return jax.jvp(grad_fn, (phi,), (v,))[1]
       # Layers with a custom VJP (metajax's conv) have no forward mode;
       # reverse-over-reverse gives the same product for every model.
-      return jax.grad(lambda p: _tree_vdot(grad_fn(p), v))(phi)
+      return jax.grad(lambda p: _vdot(grad_fn(p), v))(phi)
 
     def matvec(v):
       hv = hvp(v)
