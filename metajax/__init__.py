@@ -1,4 +1,6 @@
 """metajax: JAX-first meta-learning with exact second-order meta-gradients."""
+# First, so its XLA:CPU flag is in place before any JAX backend starts.
+from metajax import xla_cpu  # noqa: I001
 from metajax import (cnp, data, evaluation, imaml, inner, learners, losses,
                      maml_plus_plus, masks, matching, metaoptnet, models,
                      protonet, r2d2, reptile, stats, task_map, train)
@@ -23,5 +25,5 @@ __all__ = [
     "maml_plus_plus", "matching", "metaoptnet", "protonet", "r2d2", "reptile",
     "MAML", "Learner", "MetaState", "Task", "adapt", "check_tasks",
     "check_ways", "data", "evaluation", "init_state", "inner", "losses",
-    "make_meta_step", "masks", "models", "stats", "task_map", "train",
+    "make_meta_step", "masks", "models", "stats", "task_map", "train", "xla_cpu",
 ]

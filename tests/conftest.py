@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module can start a JAX backend: the tests then run under
+# the XLA:CPU flag that metajax.xla_cpu sets for users.
+import metajax  # noqa: F401
+
 #: the real data used by CI: ../shared/data next to the repository root.
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" /
                "data").resolve()

@@ -4,6 +4,7 @@ handling of max_pool, bad input, and a whole conv-4 MAML meta-gradient under
 jit (which once caught wrong max-pool gradients from XLA fusion)."""
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,7 +95,7 @@ def test_conv2d_second_order(padding, cin, khw):
                                atol=1e-11)
 
 
-@pytest.mark.parametrize("cin", [1, 6])
+@pytest.mark.parametrize("cin", [4, 6])
 def test_conv2d_kernel_grad_chunks(monkeypatch, cin):
   """Batch-chunked kernel gradients (uneven last chunk) match the reference."""
   monkeypatch.setattr(ops, "KERNEL_GRAD_POSITIONS", 45)  # 7 images of 6x5 -> 4 chunks
@@ -177,22 +178,61 @@ def test_max_pool_bad_input():
     ops.max_pool(jnp.zeros((1, 3, 3, 1)), 4)
 
 
+class _RefConv(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("kernel", nn.initializers.zeros, (3, 3, x.shape[-1], self.features))
+    return ref_conv(x, w) + self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+class _RefNorm(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    return ((x - mean) / jnp.sqrt(var + 1e-5) * self.param("scale", nn.initializers.ones, (c,))
+            + self.param("bias", nn.initializers.zeros, (c,)))
+
+
+class RefConv4(nn.Module):
+  """Conv-4 in the textbook order (conv + bias, batch norm, ReLU, pool) on lax
+  ops, with Conv4's parameter names."""
+  num_outputs: int
+  filters: int
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(4):
+      x = _RefNorm(name=f"norm{i}")(_RefConv(self.filters, name=f"conv{i}")(x))
+      x = ref_pool(jax.nn.relu(x))
+    return nn.Dense(self.num_outputs, name="head")(x.reshape(x.shape[0], -1))
+
+
 @pytest.mark.parametrize("first_order", [False, True])
-def test_conv4_maml_meta_gradient_matches_lax_reference(monkeypatch, first_order):
+def test_conv4_maml_meta_gradient_matches_lax_reference(first_order):
   """A jitted conv-4 MAML meta-gradient (one inner step, transductive BN,
-  max-pool) built on ops equals the same model on lax reference ops."""
+  max-pool) equals the same network written in the textbook order on lax
+  ops (reference: lax.conv_general_dilated and reduce_window gradients use no
+  equality masks, so the jitted reference is safe)."""
   with jax.enable_x64(True):
     tasks = image_tasks(jax.random.PRNGKey(0), num_tasks=1, ways=2, shots=2,
                         query=2, size=16)
     task = jax.tree_util.tree_map(lambda a: a[0], tasks)
-    learner = mj.MAML(Conv4(2, filters=4), loss="cross_entropy", inner_steps=1,
-                      inner_lr=0.4, first_order=first_order, ways=2)
+    make = lambda model: mj.MAML(model, loss="cross_entropy", inner_steps=1,
+                                 inner_lr=0.4, first_order=first_order, ways=2)
+    learner, ref = make(Conv4(2, filters=4)), make(RefConv4(2, filters=4))
     params = to64(learner.init(jax.random.PRNGKey(1), task))
+    # A negative batch-norm scale in every layer exercises the min-pool side
+    # of the pooled-side batch norm.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a.at[0].set(-0.7) if "scale" in jax.tree_util.keystr(path) else a,
+        params)
+    assert (jax.tree_util.tree_structure(params)
+            == jax.tree_util.tree_structure(ref.init(jax.random.PRNGKey(1), task)))
     (_, m), g = jax.jit(learner.task_grad)(params, task)
-    monkeypatch.setattr(ops, "conv2d", ref_conv)
-    monkeypatch.setattr(ops, "max_pool", ref_pool)
-    # lax.conv_general_dilated and reduce_window gradients use no equality
-    # masks, so the jitted reference is safe (checked against eager once).
-    (_, m_ref), g_ref = jax.jit(learner.task_grad)(params, task)
+    (_, m_ref), g_ref = jax.jit(ref.task_grad)(params, task)
     np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-12)
     assert rel_err(g, g_ref) < 1e-10

@@ -1,6 +1,6 @@
 """Model zoo: flax modules used functionally through ``apply``."""
 from metajax.models.conv4 import Conv4
-from metajax.models.layers import Conv, TransductiveBatchNorm
+from metajax.models.layers import Conv, NormReluMaxPool, TransductiveBatchNorm
 from metajax.models.mlp import MLP
 
-__all__ = ["Conv4", "Conv", "MLP", "TransductiveBatchNorm"]
+__all__ = ["Conv4", "Conv", "MLP", "NormReluMaxPool", "TransductiveBatchNorm"]

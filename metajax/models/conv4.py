@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from metajax.models import ops
-from metajax.models.layers import Conv, norm_layer
+from metajax.models.layers import Conv, NormReluMaxPool, norm_layer
 
 DOWNSAMPLE = ("maxpool", "stride")
 
@@ -49,12 +48,13 @@ class Conv4(nn.Module):
           f"{x.shape[1]}x{x.shape[2]} inputs are too small for {self.blocks} "
           f"downsampling blocks (need at least {2 ** self.blocks} pixels a side)")
     for i in range(self.blocks):
-      stride = 2 if self.downsample == "stride" else 1
-      x = Conv(self.filters, 3, strides=stride, name=f"conv{i}")(x)
-      x = norm_layer(self.norm, name=f"norm{i}")(x)
-      x = nn.relu(x)
       if self.downsample == "maxpool":
-        x = ops.max_pool(x, 2)
+        # Norm and ReLU after the pool: same values, 4x smaller tensors.
+        y, b = Conv(self.filters, 3, name=f"conv{i}")(x, split_bias=True)
+        x = NormReluMaxPool(self.norm, 2, name=f"norm{i}")(y, b)
+      else:
+        x = Conv(self.filters, 3, strides=2, name=f"conv{i}")(x)
+        x = nn.relu(norm_layer(self.norm, name=f"norm{i}")(x))
     x = x.reshape(x.shape[0], -1)
     if self.num_outputs is None:
       return x

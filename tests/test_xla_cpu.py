@@ -1,0 +1,74 @@
+"""metajax.xla_cpu: when the XLA:CPU flag is added, and that it takes effect."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metajax import xla_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTING = f"{xla_cpu.FLAG}={xla_cpu.VALUE}"
+
+
+def test_adds_the_flag_and_keeps_other_flags():
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  assert xla_cpu.apply_defaults(env, backends_started=False) == "applied"
+  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", SETTING]
+  env = {}
+  assert xla_cpu.apply_defaults(env, backends_started=False) == "applied"
+  assert env["XLA_FLAGS"] == SETTING
+
+
+@pytest.mark.parametrize("env,status", [
+    ({xla_cpu.OPT_OUT: "0"}, "opted out"),
+    ({"XLA_FLAGS": f"{xla_cpu.FLAG}=dot,reduce"}, "user setting"),
+])
+def test_leaves_the_environment_alone_when_asked_or_set(env, status):
+  before = dict(env)
+  assert xla_cpu.apply_defaults(env, backends_started=False) == status
+  assert env == before
+
+
+def test_too_late_once_a_backend_runs():
+  env = {}
+  assert xla_cpu.apply_defaults(env, backends_started=True) == "too late"
+  assert "XLA_FLAGS" not in env
+
+
+_PROBE = r'''
+import json, os
+import metajax, jax, jax.numpy as jnp
+from jax import lax
+x, w = jnp.ones((16, 14, 14, 64)), jnp.ones((3, 3, 64, 64))  # conv-4 sized
+conv = jax.jit(lambda x, w: lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(x, w).compile().as_text()
+print(json.dumps({"status": metajax.xla_cpu.STATUS,
+                  "flags": os.environ.get("XLA_FLAGS", ""),
+                  "library_conv": "ynn_fusion" in hlo}))
+'''
+
+
+def _probe(**extra):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+  env.update(extra, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_the_flag_and_xla_obeys_it():
+  """In a fresh process, importing metajax moves convolutions off the YNN
+  library (the flag works); opting out leaves XLA's default (YNN)."""
+  on = _probe()
+  assert on["status"] == "applied" and SETTING in on["flags"]
+  assert not on["library_conv"]
+  off = _probe(**{xla_cpu.OPT_OUT: "0"})
+  assert off["status"] == "opted out" and off["flags"] == ""
+  assert off["library_conv"]
