@@ -1,7 +1,7 @@
 """MAML meta-step speed and memory vs the PyTorch reference, same machine, same run.
 
     python benchmarks/maml_vs_torch.py [--configs sine_maml2 ...] [--torch /tmp/benchvenv/bin/python]
-                                       [--max-steps N] [--out benchmarks/results_maml.json]
+                                       [--max-steps N] [--no-xla-defaults] [--out benchmarks/results_maml.json]
 
 For each workload of ``../shared/bench/configs.json`` (same shapes: MLP
 1-40-40-1 sinusoid MAML, conv-4 Omniglot 5-way/20-way MAML, first and second
@@ -31,9 +31,9 @@ MAML_CONFIGS = ("sine_maml2", "sine_maml1", "omni5w1s_maml2", "omni5w1s_maml1",
                 "omni20w1s_maml2", "omni20w1s_maml1")
 
 CHILD = r'''
-import json, resource, sys, time
-import jax, jax.numpy as jnp, numpy as np, optax
+import json, os, resource, sys, time
 import metajax as mj
+import jax, jax.numpy as jnp, numpy as np, optax
 from metajax.data import sinusoid
 from metajax.models import MLP, Conv4
 
@@ -68,14 +68,21 @@ print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
                   "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
                   "steps_timed": len(times), "last_loss": float(m["loss"]),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "task_map": task_map}))
+                  "task_map": task_map, "xla_cpu": mj.xla_cpu.STATUS,
+                  "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 '''
 
 
-def run_jax(cfg: dict, max_steps: int, task_map: str) -> dict:
+def run_jax(cfg: dict, max_steps: int, task_map: str, xla_defaults: bool) -> dict:
+  from metajax import xla_cpu
+  # The child decides for itself: XLA_FLAGS as the user had them, and
+  # metajax's XLA:CPU setting on or off.
+  env = {**os.environ, "PYTHONPATH": str(ROOT), xla_cpu.OPT_OUT: "1" if xla_defaults else "0"}
+  env.pop("XLA_FLAGS", None)
+  if xla_cpu.USER_XLA_FLAGS is not None:
+    env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
   out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps), task_map],
-                       capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       capture_output=True, text=True, cwd=ROOT, env=env)
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -101,6 +108,8 @@ def main(argv=None):
   p.add_argument("--torch-impls", nargs="+", default=["loop", "vmap"])
   p.add_argument("--max-steps", type=int, default=8)
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_maml.json"))
+  p.add_argument("--no-xla-defaults", action="store_true",
+                 help="run metajax without its XLA:CPU flag (METAJAX_XLA_CPU_DEFAULTS=0)")
   args = p.parse_args(argv)
   sys.path.insert(0, str(ROOT))
   from metajax import machine
@@ -114,7 +123,8 @@ def main(argv=None):
     task_map = "vmap" if cfg["task"] == "sinusoid" else "map"
     steps = args.max_steps * (25 if cfg["task"] == "sinusoid" else 1)
     gflop = ref_flops.get(f"{name}|loop", {}).get("gflop_per_step")
-    entry = {"jax": run_jax(cfg, steps, task_map), "gflop_per_step_torch": gflop}
+    entry = {"jax": run_jax(cfg, steps, task_map, not args.no_xla_defaults),
+             "gflop_per_step_torch": gflop}
     if gflop:
       entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
     if args.torch:

@@ -15,6 +15,7 @@ def describe() -> dict:
       "cpu_count": os.cpu_count(),
       "jax": jax.__version__,
       "devices": [str(d) for d in jax.devices()],
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   try:
     with open("/proc/cpuinfo") as f:

@@ -2,17 +2,16 @@
 
 jaxlib 0.10's CPU backend hands convolutions, dots, reductions and some
 elementwise fusions to its YNNPACK library ("YNN fusions"). For the 3x3
-convolutions of conv-4 networks XLA's own convolution kernels are much faster
-(75 x 14 x 14 x 64 images, 64 filters, 2-core AVX-512 CPU: forward 11.5 -> 6.9
-ms, input gradient 11.7 -> 7.0 ms, kernel gradient 14.2 -> 10.0 ms), while
+convolutions of conv-4 networks XLA's own convolution kernels are faster
+(75 x 14 x 14 x 64 images, 64 filters, 2-core CPU: forward 11.5 -> 7.3 ms,
+input gradient 11.7 -> 6.8 ms; ``benchmarks/results_conv_ops.json``), while
 YNN's reductions and matrix products stay the fastest available. So
 ``import metajax`` adds
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce
 
-to ``XLA_FLAGS``, which took the conv-4 Omniglot MAML meta-step from 2.30 to
-1.78 s (5-way 1-shot, 32 tasks) and from 7.8 to 5.4 s (20-way, 16 tasks); see
-``benchmarks/README.md``. It does so only when
+to ``XLA_FLAGS`` (its effect on whole meta-steps: ``benchmarks/README.md``).
+It does so only when
 
 * ``METAJAX_XLA_CPU_DEFAULTS`` is not ``0`` (the opt-out),
 * ``XLA_FLAGS`` does not already choose YNN fusion types (yours win), and
@@ -62,5 +61,8 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None,
   return "applied"
 
 
+#: ``XLA_FLAGS`` as it was before ``import metajax`` (``None``: unset), for
+#: tools that start fresh processes with or without metajax's setting.
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 #: what ``import metajax`` did (see :func:`apply_defaults`).
 STATUS = apply_defaults()

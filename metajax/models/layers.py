@@ -104,13 +104,14 @@ class NormReluMaxPool(nn.Module):
   :class:`TransductiveBatchNorm`, then ReLU, then :func:`ops.max_pool`. Per
   channel, batch norm is an affine map, increasing when its scale is >= 0 and
   decreasing when it is < 0, and ReLU is non-decreasing; both therefore commute
-  with the window maximum (of ``y``, or of ``-y`` for a negative scale; rounding
-  is monotone too, so the values agree bit for bit up to the order of sums).
+  with the window maximum (of ``y``, or of ``-y`` for a negative scale).
+  Rounding is monotone too, so the same element wins each window and the
+  outputs agree to rounding error.
   The full-size conv output is then read only for the batch statistics and
   the pool, and its gradient is one fused pass instead of the batch-norm
-  backward's several: the largest tensor of conv-4 (75 x 28 x 28 x 64 for a
-  5-way 15-query set) is touched 2-3x less, which took a conv-4 query
-  gradient from about 100 to 72 ms on 2 CPU cores (see ``benchmarks/``).
+  backward's several, on the largest tensor of conv-4 (75 x 28 x 28 x 64 for
+  a 5-way 15-query set). On 2 CPU cores that saved 1-3% of a conv-4 query
+  gradient (``benchmarks/README.md``).
   The derivative routes each window to the same element as the unfused
   composition does, except for windows where different inputs round to equal
   normalised values (then to the largest input rather than the first).

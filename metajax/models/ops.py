@@ -18,14 +18,15 @@ the kernel gradient, worst inside loops). Implementations (measured on a
 2-core AVX-512 CPU, conv-4 MAML shapes):
 
 * kernel gradient with few input channels: one ``dot_general`` of the
-  ``kh * kw * Cin`` shifted copies with ``dy`` (4x faster);
+  ``kh * kw * Cin`` shifted copies with ``dy`` (4x faster), unchunked;
 * forward pass with few input channels: a sum of ``kh * kw * Cin``
-  broadcast products, one elementwise fusion (the library convolution ran a
-  1-channel input at 7 GFLOP/s);
+  broadcast products, one elementwise fusion (jaxlib's YNN convolution ran a
+  1-channel input at 7 GFLOP/s; see ``benchmarks/README.md``);
 * kernel gradient otherwise: a convolution with the batch as the contracted
   feature axis, split into batch chunks of at most ``KERNEL_GRAD_POSITIONS``
   output positions (large single calls fell off cache: 5x slower at
-  300 x 14 x 14 x 64);
+  300 x 14 x 14 x 64 under YNN; XLA's own kernels, which
+  :mod:`metajax.xla_cpu` selects, are less sensitive);
 * forward pass otherwise, and input gradient: ``lax.conv_general_dilated``.
 
 ``conv2d`` supports reverse-mode autodiff of any order (``jax.grad``,
