@@ -18,8 +18,9 @@ It does so only when
 * no JAX backend has started yet: XLA reads its flags once, when the first
   backend starts, so import metajax before running any JAX computation.
 
-The flag concerns the CPU backend only; GPU and TPU backends ignore it. The
-flag is specific to the jaxlib version ``pyproject.toml`` pins.
+The flag concerns the CPU backend only; GPU and TPU backends ignore it. It
+exists in the jaxlib that ``pyproject.toml`` pins (0.10.x); XLA aborts on
+flags it does not know, so with any other jaxlib nothing is added.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from typing import MutableMapping
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "individual_dot,reduce"
 OPT_OUT = "METAJAX_XLA_CPU_DEFAULTS"
+#: jaxlib releases known to have the flag.
+JAXLIB_SERIES = "0.10."
 
 
 def _backends_started() -> bool:
@@ -36,22 +39,36 @@ def _backends_started() -> bool:
   return xla_bridge.backends_are_initialized()
 
 
+def _jaxlib_version() -> str:
+  from importlib import metadata
+  try:
+    return metadata.version("jaxlib")
+  except metadata.PackageNotFoundError:
+    return ""
+
+
 def apply_defaults(environ: MutableMapping[str, str] | None = None,
-                   backends_started: bool | None = None) -> str:
+                   backends_started: bool | None = None,
+                   jaxlib_version: str | None = None) -> str:
   """Adds metajax's XLA:CPU flag to ``XLA_FLAGS`` where that is safe and wanted.
 
   Args:
     environ: the environment to edit (default ``os.environ``).
     backends_started: whether a JAX backend already runs (default: ask JAX).
+    jaxlib_version: the installed jaxlib (default: read its metadata).
 
   Returns:
     What happened: ``'applied'``; ``'opted out'`` (``METAJAX_XLA_CPU_DEFAULTS=0``);
-    ``'user setting'`` (``XLA_FLAGS`` already names the flag); or ``'too late'``
-    (a backend had started, so the flag could no longer take effect).
+    ``'user setting'`` (``XLA_FLAGS`` already names the flag); ``'other
+    jaxlib'`` (not a release known to have the flag); or ``'too late'`` (a
+    backend had started, so the flag could no longer take effect).
   """
   environ = os.environ if environ is None else environ
   if environ.get(OPT_OUT, "1").strip() == "0":
     return "opted out"
+  version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+  if not version.startswith(JAXLIB_SERIES):
+    return "other jaxlib"
   flags = environ.get("XLA_FLAGS", "")
   if FLAG in flags:
     return "user setting"

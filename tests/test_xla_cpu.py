@@ -40,6 +40,15 @@ def test_too_late_once_a_backend_runs():
   assert "XLA_FLAGS" not in env
 
 
+def test_other_jaxlib_releases_get_nothing():
+  """XLA aborts on unknown flags, so only the pinned series gets it."""
+  env = {}
+  assert xla_cpu.apply_defaults(env, backends_started=False,
+                                jaxlib_version="0.11.0") == "other jaxlib"
+  assert env == {}
+  assert xla_cpu._jaxlib_version().startswith(xla_cpu.JAXLIB_SERIES)
+
+
 _PROBE = r'''
 import json, os
 import metajax, jax, jax.numpy as jnp
