@@ -11,8 +11,8 @@ runs in a fresh process, since XLA reads its flags once. Timed (median ms of
   (forward, input gradient, kernel gradient), and ``lax.conv_general_dilated``
   for comparison, at the conv-4 shapes of a 5-way 15-query set:
   75 x 28 x 28 x 1, 75 x 14 x 14 x 64 and 75 x 7 x 7 x 64;
-* the gradient of the cross-entropy of a conv-4 on 75 images with respect
-  to all parameters, once with :class:`metajax.models.Conv4` (batch norm and
+* the forward pass, and the gradient of the cross-entropy with respect to
+  all parameters, of a conv-4 on 75 images, once with :class:`metajax.models.Conv4` (batch norm and
   ReLU after the pool, :class:`~metajax.models.NormReluMaxPool`) and once with
   the textbook block order (conv + bias, :class:`~metajax.models.TransductiveBatchNorm`,
   ReLU, :func:`~metajax.models.ops.max_pool`) on the same ``ops`` convolutions.
@@ -82,6 +82,7 @@ for name, model in [("conv4", Conv4(5)), ("textbook_order", TextbookConv4())]:
   params = model.init(jax.random.PRNGKey(2), x)
   loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply(p, x))[jnp.arange(75), y])
   out[f"query_grad_{name}"] = bench(jax.jit(jax.grad(loss)), params)
+  out[f"query_forward_{name}"] = bench(jax.jit(model.apply), params, x)
 print(json.dumps(out))
 '''
 

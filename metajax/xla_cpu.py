@@ -3,8 +3,8 @@
 jaxlib 0.10's CPU backend hands convolutions, dots, reductions and some
 elementwise fusions to its YNNPACK library ("YNN fusions"). For the 3x3
 convolutions of conv-4 networks XLA's own convolution kernels are faster
-(75 x 14 x 14 x 64 images, 64 filters, 2-core CPU: forward 11.5 -> 7.3 ms,
-input gradient 11.7 -> 6.8 ms; ``benchmarks/results_conv_ops.json``), while
+(75 x 14 x 14 x 64 images, 64 filters, 2-core CPU: forward 11.9 -> 7.2 ms,
+input gradient 12.0 -> 6.7 ms; ``benchmarks/results_conv_ops.json``), while
 YNN's reductions and matrix products stay the fastest available. So
 ``import metajax`` adds
 

@@ -110,7 +110,7 @@ class NormReluMaxPool(nn.Module):
   The full-size conv output is then read only for the batch statistics and
   the pool, and its gradient is one fused pass instead of the batch-norm
   backward's several, on the largest tensor of conv-4 (75 x 28 x 28 x 64 for
-  a 5-way 15-query set). On 2 CPU cores that saved 1-3% of a conv-4 query
+  a 5-way 15-query set). On 2 CPU cores that saved 1-12% of a conv-4 query
   gradient (``benchmarks/README.md``).
   The derivative routes each window to the same element as the unfused
   composition does, except for windows where different inputs round to equal
