@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from maml_vs_torch import child_env  # noqa: E402
 
 CHILD = r'''
 import json, sys, time
@@ -88,13 +89,8 @@ print(json.dumps(out))
 
 
 def run(repeats: int, xla_defaults: bool) -> dict:
-  from metajax import xla_cpu
-  env = {**os.environ, "PYTHONPATH": str(ROOT), xla_cpu.OPT_OUT: "1" if xla_defaults else "0"}
-  env.pop("XLA_FLAGS", None)
-  if xla_cpu.USER_XLA_FLAGS is not None:
-    env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
   out = subprocess.run([sys.executable, "-c", CHILD, str(repeats)], capture_output=True,
-                       text=True, cwd=ROOT, env=env)
+                       text=True, cwd=ROOT, env=child_env(xla_defaults))
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
   return json.loads(out.stdout.strip().splitlines()[-1])

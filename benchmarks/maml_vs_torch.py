@@ -73,16 +73,22 @@ print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
 '''
 
 
-def run_jax(cfg: dict, max_steps: int, task_map: str, xla_defaults: bool) -> dict:
+def child_env(xla_defaults: bool = True) -> dict:
+  """Environment for a benchmark child process: ``XLA_FLAGS`` as the user had
+  them before metajax was imported here, and metajax's XLA:CPU setting on or
+  off, so that the child applies (and reports) it itself."""
+  sys.path.insert(0, str(ROOT))
   from metajax import xla_cpu
-  # The child decides for itself: XLA_FLAGS as the user had them, and
-  # metajax's XLA:CPU setting on or off.
   env = {**os.environ, "PYTHONPATH": str(ROOT), xla_cpu.OPT_OUT: "1" if xla_defaults else "0"}
   env.pop("XLA_FLAGS", None)
   if xla_cpu.USER_XLA_FLAGS is not None:
     env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
+  return env
+
+
+def run_jax(cfg: dict, max_steps: int, task_map: str, xla_defaults: bool) -> dict:
   out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps), task_map],
-                       capture_output=True, text=True, cwd=ROOT, env=env)
+                       capture_output=True, text=True, cwd=ROOT, env=child_env(xla_defaults))
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
   return json.loads(out.stdout.strip().splitlines()[-1])

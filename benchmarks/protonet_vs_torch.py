@@ -1,0 +1,97 @@
+"""ProtoNet training-step speed and memory vs the PyTorch reference, same run.
+
+    python benchmarks/protonet_vs_torch.py [--torch /tmp/benchvenv/bin/python]
+                                           [--max-steps N] [--out benchmarks/results_protonet.json]
+
+The two ProtoNet workloads of ``../shared/bench/configs.json``
+(``omni60w5s_proto``: 60-way 5-shot 5-query; ``omni5w5s_proto``: 5-way 5-shot
+15-query; one episode a step, conv-4 with 64 filters and no head, support and
+query embedded in one batch, Adam 1e-3) are timed like
+``maml_vs_torch.py``: a fresh subprocess per workload, compile time (first
+step), median and p25-p75 ms of ``--max-steps`` steps, peak RSS, GFLOP/s from
+the harness's ``gflop_per_step``; with ``--torch`` the harness's ``autograd``
+implementation runs right after, in the same session.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from maml_vs_torch import BENCH, child_env, run_torch  # noqa: E402
+
+CONFIGS = ("omni60w5s_proto", "omni5w5s_proto")
+
+CHILD = r'''
+import json, os, resource, sys, time
+import metajax as mj
+import jax, jax.numpy as jnp, numpy as np, optax
+from metajax.models import Conv4
+
+cfg = json.loads(sys.argv[1]); max_steps = int(sys.argv[2])
+w, k, q = cfg["ways"], cfg["shots"], cfg["query_per_class"]
+k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+lab = lambda n: jnp.repeat(jnp.arange(w, dtype=jnp.int32), n)[None]
+tasks = mj.Task(jax.random.normal(k1, (1, w * k, 28, 28, 1)), lab(k),
+                jax.random.normal(k2, (1, w * q, 28, 28, 1)), lab(q))
+learner = mj.ProtoNet(Conv4(None, filters=cfg["model"]["hidden"]), embedding="joint", ways=w)
+opt = optax.adam(1e-3)
+state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.tasks.task_slice(tasks, 0))
+step = mj.make_meta_step(learner, opt, task_map="map", chunk_size=1, check=False)
+t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+first = time.perf_counter() - t0
+times = []
+for _ in range(max_steps):
+  t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+  times.append(time.perf_counter() - t0)
+ms = np.array(times) * 1e3
+print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
+                  "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
+                  "steps_timed": len(times), "last_loss": float(m["loss"]),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "xla_cpu": mj.xla_cpu.STATUS, "xla_flags": os.environ.get("XLA_FLAGS", "")}))
+'''
+
+
+def run_jax(cfg: dict, max_steps: int) -> dict:
+  out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps)],
+                       capture_output=True, text=True, cwd=ROOT, env=child_env())
+  if out.returncode:
+    raise RuntimeError(out.stderr[-3000:])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--torch", help="python with torch 2.13 for the same-run reference")
+  p.add_argument("--max-steps", type=int, default=30)
+  p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_protonet.json"))
+  args = p.parse_args(argv)
+  from metajax import machine
+  configs = json.loads((BENCH / "configs.json").read_text())["configs"]
+  ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
+  results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
+             "max_steps": args.max_steps, "runs": {}}
+  for name in CONFIGS:
+    gflop = ref_flops.get(f"{name}|autograd", {}).get("gflop_per_step")
+    entry = {"jax": run_jax(configs[name], args.max_steps), "gflop_per_step_torch": gflop}
+    if gflop:
+      entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
+    if args.torch:
+      entry["torch"] = {"autograd": run_torch(args.torch, name, "autograd", args.max_steps)}
+      best = entry["torch"]["autograd"].get("median_ms")
+      if best:
+        entry["torch_best_ms"] = best
+        entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
+    results["runs"][name] = entry
+    print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
+    pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  main()
