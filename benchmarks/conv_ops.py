@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from maml_vs_torch import child_env  # noqa: E402
+from maml_vs_torch import run_child  # noqa: E402
 
 CHILD = r'''
 import json, sys, time
@@ -88,14 +87,6 @@ print(json.dumps(out))
 '''
 
 
-def run(repeats: int, xla_defaults: bool) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, str(repeats)], capture_output=True,
-                       text=True, cwd=ROOT, env=child_env(xla_defaults))
-  if out.returncode:
-    raise RuntimeError(out.stderr[-3000:])
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,8 +97,8 @@ def main(argv=None):
   from metajax import machine
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
              "repeats": args.repeats,
-             "with_xla_defaults": run(args.repeats, True),
-             "without_xla_defaults": run(args.repeats, False)}
+             "with_xla_defaults": run_child(CHILD, str(args.repeats)),
+             "without_xla_defaults": run_child(CHILD, str(args.repeats), xla_defaults=False)}
   pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
   print(json.dumps(results, indent=2))
 

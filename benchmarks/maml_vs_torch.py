@@ -30,6 +30,25 @@ BENCH = ROOT.parent / "shared" / "bench"
 MAML_CONFIGS = ("sine_maml2", "sine_maml1", "omni5w1s_maml2", "omni5w1s_maml1",
                 "omni20w1s_maml2", "omni20w1s_maml1")
 
+#: Child-code tail shared by the benchmark scripts: times the first call of
+#: ``step(state, tasks)`` (compile) and ``max_steps`` more, prints one JSON line
+#: (with the dict ``extra`` merged in).
+TIME_STEPS = r'''
+t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+first = time.perf_counter() - t0
+times = []
+for _ in range(max_steps):
+  t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
+  times.append(time.perf_counter() - t0)
+ms = np.array(times) * 1e3
+print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
+                  "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
+                  "steps_timed": len(times), "last_loss": float(m["loss"]),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "xla_cpu": mj.xla_cpu.STATUS, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                  **extra}))
+'''
+
 CHILD = r'''
 import json, os, resource, sys, time
 import metajax as mj
@@ -57,20 +76,8 @@ opt = optax.adam(1e-3)
 state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.tasks.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map=task_map,
                          chunk_size=1 if task_map == "map" else None, check=False)
-t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
-first = time.perf_counter() - t0
-times = []
-for _ in range(max_steps):
-  t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
-  times.append(time.perf_counter() - t0)
-ms = np.array(times) * 1e3
-print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
-                  "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
-                  "steps_timed": len(times), "last_loss": float(m["loss"]),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "task_map": task_map, "xla_cpu": mj.xla_cpu.STATUS,
-                  "xla_flags": os.environ.get("XLA_FLAGS", "")}))
-'''
+extra = {"task_map": task_map}
+''' + TIME_STEPS
 
 
 def child_env(xla_defaults: bool = True) -> dict:
@@ -86,12 +93,27 @@ def child_env(xla_defaults: bool = True) -> dict:
   return env
 
 
-def run_jax(cfg: dict, max_steps: int, task_map: str, xla_defaults: bool) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps), task_map],
-                       capture_output=True, text=True, cwd=ROOT, env=child_env(xla_defaults))
+def run_child(code: str, *args: str, xla_defaults: bool = True) -> dict:
+  """Runs ``python -c code args...`` in :func:`child_env`; its last line of
+  output, parsed as JSON."""
+  out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       cwd=ROOT, env=child_env(xla_defaults))
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def record(results: dict, name: str, entry: dict, out: str) -> None:
+  """Adds the same-run ratio to ``entry`` (when PyTorch ran), stores it under
+  ``results['runs'][name]``, prints it and rewrites the JSON file ``out``."""
+  best = min((r["median_ms"] for r in entry.get("torch", {}).values() if "median_ms" in r),
+             default=None)
+  if best:
+    entry["torch_best_ms"] = best
+    entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
+  results["runs"][name] = entry
+  print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
+  pathlib.Path(out).write_text(json.dumps(results, indent=2))
 
 
 def run_torch(python: str, name: str, impl: str, max_steps: int) -> dict:
@@ -129,7 +151,8 @@ def main(argv=None):
     task_map = "vmap" if cfg["task"] == "sinusoid" else "map"
     steps = args.max_steps * (25 if cfg["task"] == "sinusoid" else 1)
     gflop = ref_flops.get(f"{name}|loop", {}).get("gflop_per_step")
-    entry = {"jax": run_jax(cfg, steps, task_map, not args.no_xla_defaults),
+    entry = {"jax": run_child(CHILD, json.dumps(cfg), str(steps), task_map,
+                              xla_defaults=not args.no_xla_defaults),
              "gflop_per_step_torch": gflop}
     if gflop:
       entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
@@ -138,14 +161,7 @@ def main(argv=None):
       if "omni20" in name:
         impls = [i for i in impls if i != "vmap"]  # 30-60 s a step, 14-18 GiB
       entry["torch"] = {i: run_torch(args.torch, name, i, steps) for i in impls}
-      best = min((r["median_ms"] for r in entry["torch"].values() if "median_ms" in r),
-                 default=None)
-      if best:
-        entry["torch_best_ms"] = best
-        entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
-    results["runs"][name] = entry
-    print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+    record(results, name, entry, args.out)
 
 
 if __name__ == "__main__":

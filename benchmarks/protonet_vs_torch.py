@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from maml_vs_torch import BENCH, child_env, run_torch  # noqa: E402
+from maml_vs_torch import BENCH, TIME_STEPS, record, run_child, run_torch  # noqa: E402
 
 CONFIGS = ("omni60w5s_proto", "omni5w5s_proto")
 
@@ -42,27 +41,8 @@ learner = mj.ProtoNet(Conv4(None, filters=cfg["model"]["hidden"]), embedding="jo
 opt = optax.adam(1e-3)
 state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.tasks.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map="map", chunk_size=1, check=False)
-t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
-first = time.perf_counter() - t0
-times = []
-for _ in range(max_steps):
-  t0 = time.perf_counter(); state, m = step(state, tasks); jax.block_until_ready(m)
-  times.append(time.perf_counter() - t0)
-ms = np.array(times) * 1e3
-print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
-                  "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
-                  "steps_timed": len(times), "last_loss": float(m["loss"]),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "xla_cpu": mj.xla_cpu.STATUS, "xla_flags": os.environ.get("XLA_FLAGS", "")}))
-'''
-
-
-def run_jax(cfg: dict, max_steps: int) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(max_steps)],
-                       capture_output=True, text=True, cwd=ROOT, env=child_env())
-  if out.returncode:
-    raise RuntimeError(out.stderr[-3000:])
-  return json.loads(out.stdout.strip().splitlines()[-1])
+extra = {}
+''' + TIME_STEPS
 
 
 def main(argv=None):
@@ -79,18 +59,13 @@ def main(argv=None):
              "max_steps": args.max_steps, "runs": {}}
   for name in CONFIGS:
     gflop = ref_flops.get(f"{name}|autograd", {}).get("gflop_per_step")
-    entry = {"jax": run_jax(configs[name], args.max_steps), "gflop_per_step_torch": gflop}
+    entry = {"jax": run_child(CHILD, json.dumps(configs[name]), str(args.max_steps)),
+             "gflop_per_step_torch": gflop}
     if gflop:
       entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
     if args.torch:
       entry["torch"] = {"autograd": run_torch(args.torch, name, "autograd", args.max_steps)}
-      best = entry["torch"]["autograd"].get("median_ms")
-      if best:
-        entry["torch_best_ms"] = best
-        entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
-    results["runs"][name] = entry
-    print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+    record(results, name, entry, args.out)
 
 
 if __name__ == "__main__":
