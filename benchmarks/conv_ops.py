@@ -93,7 +93,6 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=60)
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_conv_ops.json"))
   args = p.parse_args(argv)
-  sys.path.insert(0, str(ROOT))
   from metajax import machine
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
              "repeats": args.repeats,

@@ -27,6 +27,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "bench"
+sys.path.insert(0, str(ROOT))  # this checkout's metajax, also for the scripts importing this one
 MAML_CONFIGS = ("sine_maml2", "sine_maml1", "omni5w1s_maml2", "omni5w1s_maml1",
                 "omni20w1s_maml2", "omni20w1s_maml1")
 
@@ -84,7 +85,6 @@ def child_env(xla_defaults: bool = True) -> dict:
   """Environment for a benchmark child process: ``XLA_FLAGS`` as the user had
   them before metajax was imported here, and metajax's XLA:CPU setting on or
   off, so that the child applies (and reports) it itself."""
-  sys.path.insert(0, str(ROOT))
   from metajax import xla_cpu
   env = {**os.environ, "PYTHONPATH": str(ROOT), xla_cpu.OPT_OUT: "1" if xla_defaults else "0"}
   env.pop("XLA_FLAGS", None)
@@ -139,7 +139,6 @@ def main(argv=None):
   p.add_argument("--no-xla-defaults", action="store_true",
                  help="run metajax without its XLA:CPU flag (METAJAX_XLA_CPU_DEFAULTS=0)")
   args = p.parse_args(argv)
-  sys.path.insert(0, str(ROOT))
   from metajax import machine
   bench_spec = json.loads((BENCH / "configs.json").read_text())
   configs, matrix = bench_spec["configs"], bench_spec["matrix"]
