@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metajax import evaluation  # noqa: E402
+from metajax import evaluation
 from metajax.data import datadir, omniglot, sampler, splits  # noqa: E402
 
 

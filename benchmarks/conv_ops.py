@@ -93,7 +93,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=60)
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_conv_ops.json"))
   args = p.parse_args(argv)
-  from metajax import machine
+  from metajax.experiment import machine
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
              "repeats": args.repeats,
              "with_xla_defaults": run_child(CHILD, str(args.repeats)),

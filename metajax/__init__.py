@@ -1,29 +1,34 @@
-"""metajax: JAX-first meta-learning with exact second-order meta-gradients."""
+"""metajax: JAX-first meta-learning with exact second-order meta-gradients.
+
+Packages (see the README's "Architecture"): :mod:`metajax.core` (tasks, the
+learner contract and meta-step, task mapping, the inner loop),
+:mod:`metajax.algorithms` (the learners and their registry),
+:mod:`metajax.configs` (the papers' hyperparameters),
+:mod:`metajax.training` (``fit``, checkpoints), :mod:`metajax.evaluation`
+(the test harness, Lake's benchmark), :mod:`metajax.data`,
+:mod:`metajax.models` and :mod:`metajax.experiment` (the run folder and
+config layer every experiment shares).
+"""
 # First, so its XLA:CPU flag is in place before any JAX backend starts.
 from metajax import xla_cpu  # noqa: I001
-from metajax import (cnp, data, evaluation, imaml, inner, learners, losses,
-                     maml_plus_plus, masks, matching, metaoptnet, models,
-                     protonet, r2d2, reptile, stats, task_map, train)
-from metajax.cnp import CNP
-from metajax.imaml import IMAML
-from metajax.maml_plus_plus import MAMLPlusPlus
-from metajax.matching import MatchingNet
-from metajax.metaoptnet import MetaOptNet
-from metajax.protonet import EmbeddingLearner, ProtoNet
-from metajax.r2d2 import R2D2
-from metajax.reptile import Reptile
-from metajax.inner import adapt
-from metajax.learner import Learner, MetaState, init_state, make_meta_step
-from metajax.maml import MAML
-from metajax.tasks import Task, check_tasks, check_ways
+from metajax import (algorithms, configs, core, data, evaluation, experiment,
+                     models, training)
+from metajax.algorithms import (CNP, IMAML, MAML, MAMLPlusPlus,
+                                EmbeddingLearner, MatchingNet, MetaOptNet,
+                                ProtoNet, R2D2, Reptile)
+from metajax.algorithms.registry import make
+from metajax.core import (Learner, MetaState, Task, adapt, check_tasks,
+                          check_ways, init_state, make_meta_step, task_slice)
+from metajax.evaluation import evaluate
+from metajax.training import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNP", "EmbeddingLearner", "IMAML", "MAMLPlusPlus", "MatchingNet",
-    "MetaOptNet", "ProtoNet", "R2D2", "Reptile", "cnp", "imaml", "learners",
-    "maml_plus_plus", "matching", "metaoptnet", "protonet", "r2d2", "reptile",
-    "MAML", "Learner", "MetaState", "Task", "adapt", "check_tasks",
-    "check_ways", "data", "evaluation", "init_state", "inner", "losses",
-    "make_meta_step", "masks", "models", "stats", "task_map", "train", "xla_cpu",
+    "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML", "MAMLPlusPlus",
+    "MatchingNet", "MetaOptNet", "MetaState", "ProtoNet", "R2D2", "Reptile",
+    "Task", "adapt", "algorithms", "check_tasks", "check_ways", "configs",
+    "core", "data", "evaluate", "experiment", "evaluation", "fit",
+    "init_state", "make", "make_meta_step", "models", "task_slice",
+    "training", "xla_cpu",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import metajax as mj
 
@@ -51,3 +52,38 @@ def python_loop_grad(learner, params, tasks):
   grads = [jax.grad(lambda p: learner.task_loss(p, jax.tree_util.tree_map(
       lambda a: a[i], tasks))[0])(params) for i in range(n)]
   return jax.tree_util.tree_map(lambda *g: sum(g) / n, *grads)
+
+
+def class_tasks(seed, num_tasks=4, ways=3, shots=2, query=3, dim=10,
+                noise=0.5, image=None):
+  """Tasks whose classes are noisy copies of random per-task prototypes."""
+  rng = np.random.default_rng(seed)
+  shape = (dim,) if image is None else image
+  out = []
+  for _ in range(num_tasks):
+    protos = rng.normal(size=(ways,) + shape)
+    sy = np.repeat(np.arange(ways), shots)
+    qy = np.repeat(np.arange(ways), query)
+    out.append((protos[sy] + noise * rng.normal(size=(len(sy),) + shape), sy,
+                protos[qy] + noise * rng.normal(size=(len(qy),) + shape), qy))
+  cols = list(zip(*out))
+  return mj.Task(np.stack(cols[0]).astype(np.float32),
+                 np.stack(cols[1]).astype(np.int32),
+                 np.stack(cols[2]).astype(np.float32),
+                 np.stack(cols[3]).astype(np.int32))
+
+
+def one(tasks, i=0):
+  return jax.tree_util.tree_map(lambda a: a[i], tasks)
+
+
+def train_loss_drop(learner, tasks, steps=30, lr=1e-2, seed=0):
+  """(loss before, loss after) meta-training on a fixed batch of tasks."""
+  opt = optax.adam(lr)
+  state = mj.init_state(learner, opt, jax.random.PRNGKey(seed), one(tasks))
+  step = mj.make_meta_step(learner, opt)
+  losses = []
+  for _ in range(steps):
+    state, m = step(state, tasks)
+    losses.append(float(m["loss"]))
+  return losses[0], losses[-1]

@@ -29,8 +29,9 @@ import numpy as np
 import optax
 
 import metajax as mj
-from metajax import machine, stats
-from metajax.cnp import CNP, plot_predictions
+from metajax.experiment import machine
+from metajax.evaluation import stats
+from metajax.algorithms.cnp import CNP, plot_predictions
 from metajax.data import gp
 
 
@@ -63,7 +64,7 @@ def run(cfg: Config, out: pathlib.Path, *, progress: bool = True) -> dict:
       k, n, max_context=cfg.max_context, length_scale=cfg.length_scale, **kw)
   first = sample(jax.random.fold_in(key, 0), cfg.meta_batch)
   state = mj.init_state(learner, opt, init_key,
-                        mj.tasks.task_slice(first, 0))
+                        mj.core.tasks.task_slice(first, 0))
   step = mj.make_meta_step(learner, opt)
   losses = []
   bar = None
@@ -76,7 +77,7 @@ def run(cfg: Config, out: pathlib.Path, *, progress: bool = True) -> dict:
     if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.iterations:
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
-        raise mj.train.NonFiniteLossError(f"CNP training loss is {loss} at step {i}")
+        raise mj.training.loop.NonFiniteLossError(f"CNP training loss is {loss} at step {i}")
       losses.append((i + 1, loss))
     if bar is not None:
       bar.update(1)
@@ -100,7 +101,7 @@ def run(cfg: Config, out: pathlib.Path, *, progress: bool = True) -> dict:
   plot_tasks = sample(jax.random.fold_in(ekey, 10**6), cfg.plots, testing=True)
   figures = []
   for j in range(cfg.plots):
-    t = mj.tasks.task_slice(plot_tasks, j)
+    t = mj.core.tasks.task_slice(plot_tasks, j)
     pred = learner.predict(state.params,
                            learner.adapt(state.params, t.support_x, t.support_y),
                            t.query_x)

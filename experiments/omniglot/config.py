@@ -5,7 +5,7 @@ with a 32-filter conv-4) that finishes in minutes on a laptop CPU, so every
 method can be compared on the same protocol; the papers' budgets are tens of
 thousands of steps with 64 filters (``--iterations``, ``--filters``,
 ``--meta-batch``). Inner-loop settings are each paper's Omniglot values
-(:mod:`metajax.learners` tables); all methods share the outer optimiser
+(:mod:`metajax.algorithms.registry` tables); all methods share the outer optimiser
 Adam(1e-3) except Reptile, whose outer update is its own (SGD on
 ``theta - phi`` with a linearly annealed step).
 """

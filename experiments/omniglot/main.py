@@ -29,7 +29,10 @@ import time
 import jax
 import numpy as np
 
-from metajax import evaluation, learners, machine, train
+from metajax import evaluation
+from metajax.algorithms import registry as learners
+from metajax.experiment import machine
+from metajax import training as train
 from metajax.data import datadir, omniglot, sampler, splits
 from experiments.omniglot import config as config_lib
 

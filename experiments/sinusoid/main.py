@@ -24,7 +24,9 @@ import numpy as np
 import optax
 
 import metajax as mj
-from metajax import machine, stats, train
+from metajax.experiment import machine
+from metajax.evaluation import stats
+from metajax import training as train
 from metajax.data import sinusoid
 from metajax.models import MLP
 from metajax.models.mlp import MAML_INIT

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.tasks import Task
+from metajax.core.tasks import Task
 
 LENGTH_SCALE = 0.4
 SIGMA = 1.0

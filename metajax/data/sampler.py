@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.tasks import Task, check_ways
+from metajax.core.tasks import Task, check_ways
 
 ROTATIONS = ("none", "classes", "per_task")
 

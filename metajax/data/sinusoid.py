@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metajax.tasks import Task
+from metajax.core.tasks import Task
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)

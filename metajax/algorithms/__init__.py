@@ -1,0 +1,34 @@
+"""The meta-learners, one module per method, and the registry by name.
+
+* gradient-based: :mod:`~metajax.algorithms.maml` (MAML, FOMAML, ANIL,
+  Meta-SGD), :mod:`~metajax.algorithms.maml_plus_plus`,
+  :mod:`~metajax.algorithms.reptile`, :mod:`~metajax.algorithms.imaml`;
+* metric: :mod:`~metajax.algorithms.embedding` (the backbone-plus-head
+  base), :mod:`~metajax.algorithms.protonet`,
+  :mod:`~metajax.algorithms.matching`;
+* closed-form heads: :mod:`~metajax.algorithms.r2d2`,
+  :mod:`~metajax.algorithms.metaoptnet`;
+* generative: :mod:`~metajax.algorithms.cnp`;
+* :mod:`~metajax.algorithms.registry`: ``make(name, model, setting=...)``.
+"""
+from metajax.algorithms import (cnp, embedding, imaml, maml, maml_plus_plus,
+                                matching, metaoptnet, protonet, r2d2, registry,
+                                reptile)
+from metajax.algorithms.cnp import CNP
+from metajax.algorithms.embedding import EmbeddingLearner
+from metajax.algorithms.imaml import IMAML
+from metajax.algorithms.maml import MAML
+from metajax.algorithms.maml_plus_plus import MAMLPlusPlus
+from metajax.algorithms.matching import MatchingNet
+from metajax.algorithms.metaoptnet import MetaOptNet
+from metajax.algorithms.protonet import ProtoNet
+from metajax.algorithms.r2d2 import R2D2
+from metajax.algorithms.registry import get, make, names, register
+from metajax.algorithms.reptile import Reptile
+
+__all__ = [
+    "CNP", "EmbeddingLearner", "IMAML", "MAML", "MAMLPlusPlus", "MatchingNet",
+    "MetaOptNet", "ProtoNet", "R2D2", "Reptile", "cnp", "embedding", "get",
+    "imaml", "make", "maml", "maml_plus_plus", "matching", "metaoptnet",
+    "names", "protonet", "r2d2", "register", "registry", "reptile",
+]

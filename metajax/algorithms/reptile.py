@@ -1,0 +1,323 @@
+"""Reptile (Nichol, Achiam & Schulman, 2018): move the initialisation towards
+the weights adapted to each task.
+
+"On First-Order Meta-Learning Algorithms", arXiv:1803.02999, Algorithm 2
+(batched version). For a meta-batch of ``n`` tasks:
+
+    phi_i = U^k_{tau_i}(theta)       k inner steps (Adam, beta1 = 0) on task i,
+    theta <- theta + eps * (1/n) sum_i (phi_i - theta).
+
+No gradient flows through ``U``. :meth:`Reptile.task_grad` returns the
+pseudo-gradient ``g_i = theta - phi_i``, so that the generic
+:func:`metajax.make_meta_step` (mean over tasks, then the outer optimiser)
+with ``optax.sgd(eps)`` reproduces the update exactly:
+``theta - eps * mean_i(theta - phi_i) = theta + eps * (mean_i phi_i - theta)``.
+The meta step size is annealed linearly, ``eps_i = eps_0 + (eps_final -
+eps_0) * i / meta_iters`` (``--meta-step`` to ``--meta-step-final`` in
+openai/supervised-reptile), which is ``optax.linear_schedule``; see
+:meth:`Reptile.outer_optimizer`.
+
+Inner loop (openai/supervised-reptile, ``reptile.py``/``args.py``): ``k``
+steps of Adam with ``beta1 = 0`` (``tf.train.AdamOptimizer(beta1=0)``: the
+first moment is the current gradient, the second the usual EMA) on
+minibatches of ``inner_batch_size`` examples of the task's training set. The
+batches are consecutive slices of a stream of random permutations of the
+examples (each example used once per pass; a batch may straddle two passes),
+or, with ``replacement=True``, a fresh random subset per step. Meta-test
+adapts for ``eval_inner_steps`` (50 in the paper) steps on batches of
+``eval_inner_batch_size``.
+
+Protocol notes (where metajax differs from the TensorFlow reference, and why):
+
+* The support set plays the role of the reference's "mini dataset": sample
+  meta-training tasks with ``train_shots`` support examples per class (the
+  query set only feeds the reported metrics), meta-test tasks with ``shots``.
+* Adam's moments start fresh for every task (``optax.adam`` state is local
+  to the inner loop). The reference shares one TF Adam slot set across all
+  tasks and meta-iterations; that state cannot live in a pure per-task
+  function. With ``beta1 = 0`` only the second-moment scale differs.
+* Batch norm is :class:`~metajax.models.TransductiveBatchNorm` (statistics of
+  the batch at hand), i.e. the reference's ``--transductive`` evaluation.
+* The minibatch order is random but reproducible: the PRNG key is
+  ``fold_in(PRNGKey(seed), fingerprint(support set))``, so every task gets
+  its own permutation without a key in :class:`~metajax.Task`, and
+  evaluating the same task twice gives the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.core import inner
+from metajax.algorithms.maml import MAML
+from metajax.core.tasks import Task
+
+INNER_OPTIMIZERS = ("adam", "sgd")
+
+# The hyperparameters of the paper (Nichol et al. 2018, Appendix A, Tables
+# 3-4; identical to the commands in openai/supervised-reptile's README).
+# ``train_shots``, ``meta_batch``, ``meta_step``, ``meta_step_final`` and
+# ``meta_iters`` describe the outer loop (see ``PAPER_OUTER``).
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "omniglot_5way_1shot": dict(loss="cross_entropy", inner_steps=5,
+                                inner_lr=1e-3, inner_batch_size=10,
+                                eval_inner_steps=50, eval_inner_batch_size=5),
+    "omniglot_5way_5shot": dict(loss="cross_entropy", inner_steps=5,
+                                inner_lr=1e-3, inner_batch_size=10,
+                                eval_inner_steps=50, eval_inner_batch_size=5),
+    "omniglot_20way_1shot": dict(loss="cross_entropy", inner_steps=10,
+                                 inner_lr=5e-4, inner_batch_size=20,
+                                 eval_inner_steps=50, eval_inner_batch_size=10),
+    "omniglot_20way_5shot": dict(loss="cross_entropy", inner_steps=10,
+                                 inner_lr=5e-4, inner_batch_size=20,
+                                 eval_inner_steps=50, eval_inner_batch_size=10),
+    "miniimagenet_5way_1shot": dict(loss="cross_entropy", inner_steps=8,
+                                    inner_lr=1e-3, inner_batch_size=10,
+                                    eval_inner_steps=50,
+                                    eval_inner_batch_size=5),
+    "miniimagenet_5way_5shot": dict(loss="cross_entropy", inner_steps=8,
+                                    inner_lr=1e-3, inner_batch_size=10,
+                                    eval_inner_steps=50,
+                                    eval_inner_batch_size=15),
+}
+PAPER_OUTER: dict[str, dict[str, Any]] = {
+    "omniglot_5way_1shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
+                                meta_step_final=0.0, meta_iters=100_000),
+    "omniglot_5way_5shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
+                                meta_step_final=0.0, meta_iters=100_000),
+    "omniglot_20way_1shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
+                                 meta_step_final=0.0, meta_iters=200_000),
+    "omniglot_20way_5shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
+                                 meta_step_final=0.0, meta_iters=200_000),
+    "miniimagenet_5way_1shot": dict(train_shots=15, meta_batch=5, meta_step=1.0,
+                                    meta_step_final=0.0, meta_iters=100_000),
+    "miniimagenet_5way_5shot": dict(train_shots=15, meta_batch=5, meta_step=1.0,
+                                    meta_step_final=0.0, meta_iters=100_000),
+}
+
+
+def _check_setting(setting: str, table: dict) -> None:
+  if setting not in table:
+    raise ValueError(
+        f"unknown paper setting {setting!r}; choose one of {sorted(table)}")
+
+
+def task_key(seed: int, x: jax.Array) -> jax.Array:
+  """A PRNG key for one task: ``seed`` folded with a fingerprint of ``x``.
+
+  The fingerprint mixes the bit patterns of ``sum(x)`` and ``sum(x**2)`` (as
+  float32) into one ``uint32``, so different tasks get different keys and
+  the same task always the same one. Works on traced (``vmap``-ed) inputs.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  bits = [jax.lax.bitcast_convert_type(s, jnp.uint32)
+          for s in (jnp.sum(x), jnp.sum(jnp.square(x)))]
+  # one fold-in (one threefry hash to compile), golden-ratio mixing
+  fingerprint = bits[0] ^ (bits[1] * jnp.uint32(0x9E3779B9))
+  return jax.random.fold_in(jax.random.PRNGKey(seed), fingerprint)
+
+
+def _permutations(key: jax.Array, rows: int, n: int) -> jax.Array:
+  """``rows`` independent random permutations of ``range(n)``, ``(rows, n)``.
+
+  Argsort of random 32-bit words: one draw of random bits instead of a
+  ``split`` plus ``jax.random.permutation`` per row, which is much cheaper to
+  compile. (Ties, probability ~ ``n^2 / 2^33`` per row, are broken by index
+  and still give a permutation.)
+  """
+  return jnp.argsort(jax.random.bits(key, (rows, n), jnp.uint32), axis=-1)
+
+
+def minibatch_indices(key: jax.Array, num_examples: int, batch_size: int,
+                      steps: int, *, replacement: bool = False) -> jax.Array:
+  """Example indices of ``steps`` inner minibatches, ``(steps, batch_size)``.
+
+  Without replacement this is supervised-reptile's ``_mini_batches``: the
+  concatenation of independent random permutations of ``range(num_examples)``
+  cut into consecutive batches (every example appears once per pass; a batch
+  may span two passes). With replacement each batch is a random subset of
+  ``batch_size`` distinct examples, drawn independently per step.
+  """
+  if num_examples < 1:
+    raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+  if batch_size < 1:
+    raise ValueError(f"inner batch size must be >= 1, got {batch_size}")
+  if steps < 0:
+    raise ValueError(f"steps must be >= 0, got {steps}")
+  if steps == 0:
+    return jnp.zeros((0, batch_size), jnp.int32)
+  if replacement:
+    if batch_size > num_examples:
+      raise ValueError(
+          f"inner batch size {batch_size} is larger than the {num_examples} "
+          "support examples; sampling with replacement draws distinct "
+          "examples per batch")
+    perms = _permutations(key, steps, num_examples)
+    return perms[:, :batch_size].astype(jnp.int32)
+  passes = math.ceil(steps * batch_size / num_examples)
+  flat = _permutations(key, passes, num_examples).reshape(-1)
+  return flat[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reptile(MAML):
+  """Reptile over a flax model (see the module docstring for the equations).
+
+  Meta-parameters are ``{'model': flax params}``; :meth:`task_grad` returns
+  ``{'model': theta - phi}`` (use ``optax.sgd(eps)`` or
+  :meth:`outer_optimizer` as the outer optimiser for the paper's update).
+
+  Attributes (beyond :class:`~metajax.MAML`'s ``model``, ``loss``,
+  ``adapt_mask``, ``unroll``, ``remat``, ``pre_metrics_on``, ``ways``):
+    inner_steps: inner iterations ``k`` at meta-training time.
+    inner_lr: the inner Adam (or SGD) step size.
+    inner_optimizer: ``'adam'`` (``b1 = 0``, ``b2 = 0.999``, ``eps = 1e-8``
+      as TF's Adam), ``'sgd'`` (plain gradient descent at ``inner_lr``), or
+      any ``optax.GradientTransformation`` (``inner_lr`` then unused).
+    inner_batch_size: examples per inner minibatch; ``None`` uses the whole
+      support set every step.
+    eval_inner_steps: inner iterations at meta-test time (default 50).
+    eval_inner_batch_size: minibatch size at meta-test time (``None``: the
+      whole support set).
+    replacement: sample each minibatch independently (see
+      :func:`minibatch_indices`).
+    seed: base seed of the per-task minibatch order (see :func:`task_key`).
+  """
+  inner_steps: int = 5
+  inner_lr: float = 1e-3
+  eval_inner_steps: int | None = 50
+  unroll: bool | int = False
+  inner_optimizer: Any = "adam"
+  inner_batch_size: int | None = 10
+  eval_inner_batch_size: int | None = 5
+  replacement: bool = False
+  seed: int = 0
+
+  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
+  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.learn_inner_lr is not None:
+      raise ValueError(
+          "Reptile does not learn inner learning rates (its update is "
+          f"theta - phi, not a gradient); got learn_inner_lr={self.learn_inner_lr!r}")
+    if self.first_order:
+      raise ValueError(
+          "Reptile is first-order by construction; first_order=True has no "
+          "meaning here")
+    if isinstance(self.inner_optimizer, str):
+      if self.inner_optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(
+            f"unknown inner optimizer {self.inner_optimizer!r}; choose one of "
+            f"{INNER_OPTIMIZERS} or pass an optax.GradientTransformation")
+    elif not isinstance(self.inner_optimizer, optax.GradientTransformation):
+      raise ValueError(
+          "inner_optimizer must be 'adam', 'sgd' or an "
+          f"optax.GradientTransformation, got {type(self.inner_optimizer).__name__}")
+    for name in ("inner_batch_size", "eval_inner_batch_size"):
+      b = getattr(self, name)
+      if b is not None and b < 1:
+        raise ValueError(f"{name} must be >= 1 or None, got {b}")
+    if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
+      raise ValueError(
+          f"eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
+
+  @classmethod
+  def paper(cls, model, setting: str = "omniglot_5way_1shot", **overrides):
+    """Reptile with the paper's hyperparameters for ``setting``."""
+    _check_setting(setting, PAPER_DEFAULTS)
+    return cls(model=model, **{**PAPER_DEFAULTS[setting], **overrides})
+
+  @staticmethod
+  def outer_optimizer(setting: str | None = None, *, meta_step: float = 1.0,
+                      meta_step_final: float = 0.0,
+                      meta_iters: int = 100_000) -> optax.GradientTransformation:
+    """``optax.sgd`` on the linearly annealed meta step size ``eps``.
+
+    ``eps_i = meta_step + (meta_step_final - meta_step) * i / meta_iters`` at
+    meta-iteration ``i`` (constant ``meta_step_final`` afterwards). With a
+    ``setting`` the paper's values (``PAPER_OUTER``) are used.
+    """
+    if setting is not None:
+      _check_setting(setting, PAPER_OUTER)
+      o = PAPER_OUTER[setting]
+      meta_step, meta_step_final, meta_iters = (
+          o["meta_step"], o["meta_step_final"], o["meta_iters"])
+    if meta_iters < 1:
+      raise ValueError(f"meta_iters must be >= 1, got {meta_iters}")
+    return optax.sgd(optax.linear_schedule(meta_step, meta_step_final,
+                                           meta_iters))
+
+  # -- inner loop --------------------------------------------------------
+  def _optimizer(self):
+    if self.inner_optimizer == "adam":
+      return optax.adam(self.inner_lr, b1=0.0, b2=0.999, eps=1e-8)
+    if self.inner_optimizer == "sgd":
+      return None  # inner.adapt's plain ``p - lr * g``
+    return self.inner_optimizer
+
+  _UNSET: ClassVar[object] = object()
+
+  def adapt(self, params, support_x, support_y, *, steps=None,
+            return_trajectory=False, batch_size=_UNSET):
+    """Task weights ``phi`` after ``steps`` (default ``inner_steps``) steps.
+
+    Args:
+      params: ``{'model': theta}``.
+      support_x, support_y: ``(S, ...)`` support set of one task.
+      steps: inner iterations.
+      return_trajectory: also return the weights after every step (stacked
+        on a leading ``steps`` axis).
+      batch_size: minibatch size (default ``inner_batch_size``; ``None``:
+        full batch).
+    """
+    steps = self.inner_steps if steps is None else steps
+    if batch_size is Reptile._UNSET:
+      batch_size = self.inner_batch_size
+    n = support_x.shape[0]
+    # A batch of all n examples is the full support set in any order (the
+    # loss is a mean, batch norm uses the batch's statistics).
+    full_batch = batch_size is None or batch_size == n
+
+    if full_batch:
+      loss_fn = lambda p: self.support_loss(p, support_x, support_y)
+    else:
+      idx = minibatch_indices(task_key(self.seed, support_x), n, batch_size,
+                              steps, replacement=self.replacement)
+
+      def loss_fn(p, t):
+        b = idx[t]
+        return self.support_loss(p, support_x[b], support_y[b])
+
+    return inner.adapt(
+        loss_fn, params["model"], steps=steps, lr=self.inner_lr,
+        mask=self.adapt_mask, optimizer=self._optimizer(), unroll=self.unroll,
+        remat=self.remat, return_trajectory=return_trajectory,
+        step_loss=not full_batch)
+
+  # -- Learner -----------------------------------------------------------
+  def task_grad(self, params, task: Task):
+    """``((query loss, metrics), {'model': theta - phi})`` for one task."""
+    theta = jax.lax.stop_gradient(params["model"])
+    phi = jax.lax.stop_gradient(
+        self.adapt(params, task.support_x, task.support_y))
+    metrics = self.metrics(self.apply(phi, task.query_x), task.query_y)
+    x, y = ((task.support_x, task.support_y) if self.pre_metrics_on == "support"
+            else (task.query_x, task.query_y))
+    metrics.update(self.metrics(self.apply(theta, x), y, prefix="pre_"))
+    grads = {"model": jax.tree_util.tree_map(jnp.subtract, theta, phi)}
+    return (metrics["loss"], metrics), grads
+
+  def evaluate(self, params, task: Task, *, steps=None):
+    """Query metrics after 0..``steps`` (default ``eval_inner_steps``) inner
+    steps on minibatches of ``eval_inner_batch_size``; arrays of length
+    ``steps + 1``."""
+    evaluator = dataclasses.replace(
+        self, inner_batch_size=self.eval_inner_batch_size)
+    return MAML.evaluate(evaluator, params, task, steps=steps)

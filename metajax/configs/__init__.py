@@ -1,0 +1,1 @@
+"""The papers' hyperparameters (filled in below)."""

@@ -1,0 +1,145 @@
+"""The learner interface and the compiled meta-training step.
+
+Every meta-learner in metajax (MAML and its variants, Reptile, iMAML,
+ProtoNets, ...) implements :class:`Learner`:
+
+* ``init(rng, task)``: meta-parameters (a pytree) for tasks shaped like
+  ``task`` (one task, no task axis);
+* ``adapt(params, support_x, support_y, steps=None)``: task-specific state
+  (adapted weights, prototypes, a ridge head, ...);
+* ``predict(params, state, x)``: outputs on query inputs;
+* ``task_loss(params, task)``: ``(query loss, metrics)`` of one task;
+* ``task_grad(params, task)``: ``((loss, metrics), meta-gradient)`` of one
+  task; autodiff of ``task_loss`` by default, overridden where the method
+  has its own update (Reptile) or gradient (iMAML);
+* ``evaluate(params, task, steps)``: query metrics of one task (curves over
+  inner steps where that applies).
+
+:func:`make_meta_step` turns any learner and an optax optimiser into one
+``jit``-compiled meta-step that maps ``task_grad`` over the batch of tasks,
+averages, and applies the optimiser.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.core import task_map as task_map_lib
+from metajax.core.tasks import Task, check_tasks
+
+Params = Any
+Metrics = dict
+
+
+class Learner(abc.ABC):
+  """Base class of meta-learners; see the module docstring for the contract."""
+
+  #: whether targets are class ids (accuracy is reported) or real values.
+  classification: bool = True
+  #: number of classes per task the learner is built for (None: any).
+  ways: int | None = None
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, task: Task) -> Params:
+    """Meta-parameters for tasks shaped like ``task`` (no task axis)."""
+
+  @abc.abstractmethod
+  def adapt(self, params: Params, support_x, support_y, *, steps=None):
+    """Task-specific state from one task's support set."""
+
+  @abc.abstractmethod
+  def predict(self, params: Params, state: Any, x) -> jax.Array:
+    """Outputs on inputs ``x`` given the adapted ``state``."""
+
+  @abc.abstractmethod
+  def task_loss(self, params: Params, task: Task) -> tuple[jax.Array, Metrics]:
+    """``(query loss, metrics)`` of one task (differentiable in ``params``)."""
+
+  def task_grad(self, params: Params, task: Task):
+    """``((loss, metrics), grads)`` for one task: autodiff of ``task_loss``."""
+    return jax.value_and_grad(self.task_loss, has_aux=True)(params, task)
+
+  def evaluate(self, params: Params, task: Task, *, steps=None) -> Metrics:
+    """Query metrics of one task after adaptation."""
+    _, metrics = self.task_loss(params, task)
+    return metrics
+
+  def check(self, tasks: Task, *, batched: bool = True) -> Task:
+    """Boundary check of a task batch (``ValueError`` naming the problem)."""
+    return check_tasks(tasks, batched=batched,
+                       classification=self.classification, ways=self.ways,
+                       num_outputs=self.num_outputs)
+
+  @property
+  def num_outputs(self) -> int | None:
+    return None
+
+  def meta_grad(self, params: Params, tasks: Task, *, task_map: str = "vmap",
+                chunk_size: int | None = None):
+    """Mean over tasks of ``task_grad``: ``((loss, metrics), grads)``."""
+    return task_map_lib.mean_over_tasks(
+        lambda t: self.task_grad(params, t), tasks, method=task_map,
+        chunk_size=chunk_size)
+
+
+class MetaState(NamedTuple):
+  """Meta-training state: meta-parameters, optimiser state, step count."""
+  params: Params
+  opt_state: Any
+  step: jax.Array
+
+
+def init_state(learner: Learner, optimizer: optax.GradientTransformation,
+               rng: jax.Array, task: Task) -> MetaState:
+  """Initial :class:`MetaState` for tasks shaped like ``task`` (one task)."""
+  params = learner.init(rng, task)
+  return MetaState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
+                   *, task_map: str = "vmap", chunk_size: int | None = None,
+                   check: bool = True, donate: bool = False
+                   ) -> Callable[[MetaState, Task], tuple[MetaState, Metrics]]:
+  """One compiled meta-step: mapped meta-gradient plus optimiser update.
+
+  Args:
+    learner: any :class:`Learner`.
+    optimizer: the outer optax optimiser (e.g. ``optax.adam(1e-3)``).
+    task_map: how tasks are mapped, see :mod:`metajax.core.task_map`.
+    chunk_size: tasks per chunk for ``task_map='map'``.
+    check: validate each task batch's shapes and dtypes on the host before
+      running (cheap; catches bad input with a clear ``ValueError``).
+    donate: donate the state buffers to the step (saves memory on
+      accelerators; the passed-in state must not be used afterwards).
+
+  Returns:
+    ``step(state, tasks) -> (state, metrics)``, where ``tasks`` is a
+    :class:`~metajax.Task` with a leading task axis and ``metrics`` holds the
+    task-averaged ``loss`` (query, after adaptation), ``pre_loss`` and, for
+    classification, ``accuracy`` / ``pre_accuracy``.
+  """
+  if task_map not in task_map_lib.METHODS:
+    raise ValueError(
+        f"unknown task mapping {task_map!r}; choose one of "
+        f"{task_map_lib.METHODS}")
+
+  def step(state: MetaState, tasks: Task):
+    (_, metrics), grads = learner.meta_grad(
+        state.params, tasks, task_map=task_map, chunk_size=chunk_size)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return MetaState(params, opt_state, state.step + 1), metrics
+
+  jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+
+  def checked_step(state: MetaState, tasks: Task):
+    if check:
+      learner.check(tasks)
+    return jitted(state, tasks)
+
+  checked_step.jitted = jitted
+  return checked_step

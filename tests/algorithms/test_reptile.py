@@ -1,0 +1,162 @@
+"""Reptile: the meta-update against a plain loop, minibatches, schedules."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metajax.core import learner as learner_lib
+from metajax import models
+from metajax.core import task_map
+from metajax.data.sinusoid import sample_tasks
+from metajax.algorithms.reptile import Reptile, minibatch_indices, task_key
+from metajax.core.tasks import task_slice
+
+
+def _np_tree(tree):
+  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize("inner_optimizer, batch", [("adam", 4), ("sgd", None)])
+def test_meta_update_equals_plain_loop(inner_optimizer, batch):
+  model = models.MLP(hidden=(6,))
+  tasks = sample_tasks(jax.random.PRNGKey(0), 3, 6, 5)
+  steps, lr, eps, seed = 3, 0.02, 0.3, 7
+  lrn = Reptile(model, inner_optimizer=inner_optimizer, inner_lr=lr,
+                inner_steps=steps, inner_batch_size=batch, seed=seed)
+  opt = optax.sgd(eps)
+  state = learner_lib.init_state(lrn, opt, jax.random.PRNGKey(1),
+                                 task_slice(tasks, 0))
+  new_state, _ = learner_lib.make_meta_step(lrn, opt)(state, tasks)
+
+  # Reference: per task, a Python loop of Adam(b1 = 0) / SGD steps written
+  # out in numpy; then theta + eps * (mean_i phi_i - theta).
+  theta = _np_tree(state.params["model"])
+  grad = jax.grad(lambda p, x, y: jnp.mean((model.apply({"params": p}, x)
+                                           - y) ** 2))
+  phis = []
+  for i in range(3):
+    t = task_slice(tasks, i)
+    sx, sy = np.asarray(t.support_x), np.asarray(t.support_y)
+    if batch is None:
+      idx = np.tile(np.arange(6), (steps, 1))
+    else:
+      idx = np.asarray(minibatch_indices(task_key(seed, t.support_x), 6,
+                                         batch, steps))
+    phi = theta
+    v = jax.tree_util.tree_map(np.zeros_like, theta)
+    for k in range(steps):
+      g = _np_tree(grad(jax.tree_util.tree_map(jnp.float32, phi),
+                        sx[idx[k]], sy[idx[k]]))
+      if inner_optimizer == "adam":
+        v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
+        corr = 1 - 0.999 ** (k + 1)
+        phi = jax.tree_util.tree_map(
+            lambda p, g, v: p - lr * g / (np.sqrt(v / corr) + 1e-8), phi, g, v)
+      else:
+        phi = jax.tree_util.tree_map(lambda p, g: p - lr * g, phi, g)
+    phis.append(phi)
+  mean_phi = jax.tree_util.tree_map(lambda *a: np.mean(a, axis=0), *phis)
+  want = jax.tree_util.tree_map(lambda t, p: t + eps * (p - t), theta, mean_phi)
+  for got, ref in zip(jax.tree_util.tree_leaves(new_state.params["model"]),
+                      jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-6)
+  # the update moved the weights (the test is not vacuous)
+  moved = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(new_state.params["model"]),
+      jax.tree_util.tree_leaves(theta)))
+  assert moved > 1e-4
+
+
+def test_minibatch_protocol():
+  key = jax.random.PRNGKey(3)
+  idx = np.asarray(minibatch_indices(key, 6, 4, 9))  # 36 draws = 6 passes
+  assert idx.shape == (9, 4) and idx.dtype == np.int32
+  passes = idx.reshape(-1, 6)
+  for row in passes:  # every pass is a permutation of the 6 examples
+    np.testing.assert_array_equal(np.sort(row), np.arange(6))
+  assert len({tuple(r) for r in passes}) > 1  # reshuffled between passes
+  rep = np.asarray(minibatch_indices(key, 6, 4, 20, replacement=True))
+  assert all(len(set(r)) == 4 for r in rep)  # distinct within a batch
+  assert minibatch_indices(key, 6, 4, 0).shape == (0, 4)
+  with pytest.raises(ValueError, match="larger than the 6 support"):
+    minibatch_indices(key, 6, 7, 2, replacement=True)
+  with pytest.raises(ValueError, match="batch size must be >= 1"):
+    minibatch_indices(key, 6, 0, 2)
+  # per-task keys: different tasks differ, the same task repeats
+  x = jnp.arange(12.0).reshape(6, 2)
+  assert np.array_equal(task_key(0, x), task_key(0, x))
+  assert not np.array_equal(task_key(0, x), task_key(0, x + 1))
+  assert not np.array_equal(task_key(0, x), task_key(1, x))
+
+
+def test_outer_optimizer_anneals_meta_step_linearly():
+  opt = Reptile.outer_optimizer(meta_step=1.0, meta_step_final=0.2,
+                                meta_iters=4)
+  params = {"w": jnp.zeros(())}
+  state = opt.init(params)
+  seen = []
+  for _ in range(6):
+    # pseudo-gradient theta - phi = -1: the update is +eps_i
+    upd, state = opt.update({"w": -jnp.ones(())}, state, params)
+    seen.append(float(upd["w"]))
+  np.testing.assert_allclose(seen, [1.0, 0.8, 0.6, 0.4, 0.2, 0.2], rtol=1e-6)
+  paper = Reptile.outer_optimizer("miniimagenet_5way_1shot")
+  assert isinstance(paper, optax.GradientTransformation)
+  with pytest.raises(ValueError, match="unknown paper setting"):
+    Reptile.outer_optimizer("cifar")
+
+
+def test_meta_training_lowers_loss_and_evaluate_uses_eval_protocol():
+  lrn = Reptile(models.MLP(hidden=(32, 32)), inner_lr=0.02, inner_steps=8,
+                inner_batch_size=5, eval_inner_steps=6,
+                eval_inner_batch_size=4)
+  opt = Reptile.outer_optimizer(meta_step=1.0, meta_step_final=0.5,
+                                meta_iters=100)
+  held = sample_tasks(jax.random.PRNGKey(0), 32, 10, 10)
+  state = learner_lib.init_state(lrn, opt, jax.random.PRNGKey(1),
+                                 task_slice(held, 0))
+  step = learner_lib.make_meta_step(lrn, opt)
+
+  task = task_slice(held, 1)
+
+  @jax.jit
+  def held_out(params):
+    loss = task_map.mean_over_tasks(
+        lambda t: lrn.task_grad(params, t)[0][0], held)
+    curve = lrn.evaluate(params, task)
+    phi = lrn.adapt(params, task.support_x, task.support_y, steps=6,
+                    batch_size=4)
+    final = lrn.loss_fn(lrn.apply(phi, task.query_x), task.query_y)
+    return loss, curve, final
+
+  before, _, _ = held_out(state.params)
+  for i in range(100):
+    state, _ = step(state, sample_tasks(jax.random.PRNGKey(100 + i), 8, 10, 10))
+  after, curve, final = held_out(state.params)
+  assert float(after) < 0.6 * float(before)
+  # evaluate: eval_inner_steps steps on minibatches of eval_inner_batch_size
+  assert curve["loss"].shape == (7,)
+  np.testing.assert_allclose(curve["loss"][-1], final, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(learn_inner_lr="scalar"), "learn_inner_lr"),
+    (dict(first_order=True), "first-order"),
+    (dict(inner_optimizer="rmsprop"), "unknown inner optimizer"),
+    (dict(inner_optimizer=3), "inner_optimizer must be"),
+    (dict(inner_batch_size=0), "inner_batch_size"),
+    (dict(eval_inner_steps=-1), "eval_inner_steps"),
+])
+def test_bad_config_raises(kw, msg):
+  with pytest.raises(ValueError, match=msg):
+    Reptile(models.MLP(), **kw)
+
+
+def test_paper_defaults():
+  lrn = Reptile.paper(models.Conv4(), "omniglot_20way_1shot")
+  assert (lrn.inner_steps, lrn.inner_batch_size, lrn.inner_lr) == (10, 20, 5e-4)
+  assert lrn.eval_inner_steps == 50 and lrn.loss == "cross_entropy"
+  assert Reptile.PAPER_OUTER["miniimagenet_5way_1shot"]["train_shots"] == 15
+  with pytest.raises(ValueError, match="unknown paper setting"):
+    Reptile.paper(models.Conv4(), "cifar")
