@@ -28,7 +28,7 @@ __all__ = [
     "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML", "MAMLPlusPlus",
     "MatchingNet", "MetaOptNet", "MetaState", "ProtoNet", "R2D2", "Reptile",
     "Task", "adapt", "algorithms", "check_tasks", "check_ways", "configs",
-    "core", "data", "evaluate", "experiment", "evaluation", "fit",
+    "core", "data", "evaluate", "evaluation", "experiment", "fit",
     "init_state", "make", "make_meta_step", "models", "task_slice",
     "training", "xla_cpu",
 ]

@@ -1,6 +1,20 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and what the ``data`` and ``slow`` markers mean.
+
+Both markers are declared in ``pyproject.toml``; this file gives them their
+behaviour:
+
+* ``data``: added automatically to every test that uses one of
+  :data:`DATA_FIXTURES`, so ``pytest -m "not data"`` runs the suite without
+  the real data. Without its files such a test skips locally, but *fails*
+  when ``CI=true``: a CI run whose data went missing must not go green on
+  skipped tests.
+* ``slow``: a label only. Slow tests run by default, because CI runs the
+  README's plain ``python -m pytest -q`` and must run them; deselect them
+  locally with ``-m "not slow"``.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,17 +23,52 @@ import pytest
 # the XLA:CPU flag that metajax.xla_cpu sets for users.
 import metajax  # noqa: F401
 
-#: the real data used by CI: ../shared/data next to the repository root.
-SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" /
-               "data").resolve()
+#: the real data's default place: ../shared/data next to the repository root.
+DEFAULT_SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" /
+                       "data").resolve()
+
+#: fixtures that read the real data; their tests get the ``data`` marker.
+DATA_FIXTURES = frozenset({"shared_data_dir", "real_omniglot"})
+
+
+def shared_data_root() -> Path:
+  """``$METAJAX_DATA_DIR`` if set (as the loaders read it), else the default."""
+  env = os.environ.get("METAJAX_DATA_DIR", "").strip()
+  return Path(env).expanduser().resolve() if env else DEFAULT_SHARED_DATA
+
+
+def in_ci() -> bool:
+  """``CI=true``, as GitHub Actions, GitLab CI and most others set it."""
+  return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_data(missing: list[Path], what: str) -> None:
+  """Skips (locally) or fails (``CI=true``) when real data files are missing."""
+  if not missing:
+    return
+  paths = ", ".join(str(p) for p in missing)
+  msg = (f"{what} not found: missing {paths}. Point METAJAX_DATA_DIR at the "
+         f"data root (default {DEFAULT_SHARED_DATA}).")
+  if in_ci():
+    pytest.fail(f"CI=true and {msg}", pytrace=False)
+  pytest.skip(msg)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  # tryfirst: the marker must be on the items before ``-m`` deselects them.
+  for item in items:
+    if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.data)
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-  """``../shared/data`` (skips the test when it is absent)."""
-  if not (SHARED_DATA / "omniglot").is_dir():
-    pytest.skip(f"real data not found at {SHARED_DATA}")
-  return SHARED_DATA
+  """The real data root (:func:`shared_data_root`) holding ``omniglot/``."""
+  root = shared_data_root()
+  require_data([] if (root / "omniglot").is_dir() else [root / "omniglot"],
+               "real data")
+  return root
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +81,16 @@ def omniglot_cache_dir(tmp_path_factory) -> Path:
 def real_omniglot(shared_data_dir, omniglot_cache_dir):
   """All 1623 Omniglot characters at 28x28 from the shared npz files.
 
-  Loaded once per session into a temporary cache (skips without the files).
+  Loaded once per session into a temporary cache.
   """
   from metajax.data import omniglot
-  npz = shared_data_dir / "omniglot" / "npz_bitsandscraps"
-  if not (npz / "images_background.npz").is_file():
-    pytest.skip("Omniglot npz files not found")
+  found = omniglot.find_sources(shared_data_dir)
+  npz = found["root"] / "npz_bitsandscraps"
+  missing = [npz / f"images_{s}.npz" for s in ("background", "evaluation")
+             if s not in found["npz"]]
+  if found["index"] is None:
+    missing.append(found["root"] / "omniglot_index.csv")
+  require_data(missing, "Omniglot npz files")
   return omniglot.load_omniglot(
       shared_data_dir, source="npz",
       cache_dir=omniglot_cache_dir)

@@ -190,7 +190,8 @@ class CNP(Learner):
     nll = -jnp.mean(jnp.sum(gaussian_log_prob(y, pred.mean, pred.stddev), -1))
     return {"loss": nll, "mse": jnp.mean(jnp.square(pred.mean - y))}
 
-  def task_loss(self, params, task: Task):
+  def task_loss(self, params, task: Task, *, iteration=0):
+    del iteration  # no schedule
     pred = self.predict(params,
                         self.adapt(params, task.support_x, task.support_y),
                         task.query_x)

@@ -237,7 +237,8 @@ class EmbeddingLearner(Learner):
     return self.head_logits(params, state.head,
                             self.apply(params["model"], x))
 
-  def task_loss(self, params, task: Task):
+  def task_loss(self, params, task: Task, *, iteration=0):
+    del iteration  # no schedule
     logits = self.logits(params, task.support_x, task.support_y, task.query_x)
     loss = self.train_loss(logits, task.query_y)
     return loss, {"loss": loss,

@@ -50,8 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
-from metajax.algorithms.maml import MAML
+from metajax.core.tasks import Task
 
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "omniglot_5way": dict(loss="cross_entropy", inner_steps=16, inner_lr=0.1,
@@ -143,7 +144,7 @@ _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class IMAML(MAML):
+class IMAML(ModelLearner):
   """Implicit MAML over a flax model (equations in the module docstring).
 
   Meta-parameters are ``{'model': flax params}``. :meth:`adapt` returns
@@ -151,9 +152,17 @@ class IMAML(MAML):
   query loss at ``phi*``) differentiates to Eq. 7 (reverse mode only:
   ``jax.grad``/``vjp``, not ``jvp``, as for any ``custom_vjp``).
 
-  Attributes (beyond :class:`~metajax.MAML`'s ``model``, ``loss``,
-  ``eval_inner_steps``, ``unroll``, ``pre_metrics_on``, ``ways``):
+  iMAML shares MAML's inner loop (:func:`metajax.core.inner.adapt`, here
+  with the :func:`~metajax.core.inner.proximal` rule) and its model-and-loss
+  base, not MAML itself: its meta-gradient does not depend on the inner path,
+  so there is no derivative order, mask, remat or learned rate.
+
+  Attributes (beyond ``model``, ``loss`` and the keyword-only
+  ``pre_metrics_on``, ``ways`` of
+  :class:`~metajax.algorithms.model_learner.ModelLearner`):
     inner_steps: gradient steps on the proximal objective ``G``.
+    eval_inner_steps: inner steps for :meth:`evaluate` (default
+      ``inner_steps``).
     inner_lr: their step size (unused with ``inner_optimizer``).
     lam: proximal strength ``lambda`` (> 0).
     cg_steps: conjugate-gradient iterations of the backward solve (0: the
@@ -166,6 +175,7 @@ class IMAML(MAML):
   """
   inner_steps: int = 16
   inner_lr: float = 0.1
+  eval_inner_steps: int | None = None
   unroll: bool | int = False  # the solve is never differentiated: scan it
   lam: float = 2.0
   cg_steps: int = 5
@@ -178,6 +188,8 @@ class IMAML(MAML):
 
   def __post_init__(self):
     super().__post_init__()
+    if self.inner_steps < 0:
+      raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
     if not self.lam > 0:
       raise ValueError(f"iMAML needs lam > 0, got {self.lam}")
     if self.cg_steps < 0:
@@ -186,22 +198,6 @@ class IMAML(MAML):
       raise ValueError(f"hvp must be 'reverse' or 'forward', got {self.hvp!r}")
     if self.cg_damping < 0:
       raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
-    if self.learn_inner_lr is not None:
-      raise ValueError(
-          "iMAML's meta-gradient does not depend on the inner path, so inner "
-          f"rates cannot be learned; got learn_inner_lr={self.learn_inner_lr!r}")
-    if self.first_order:
-      raise ValueError(
-          "iMAML has no first_order flag; use cg_steps=0 for the first-order "
-          "approximation")
-    if self.adapt_mask is not None:
-      raise ValueError(
-          "iMAML adapts all parameters (the implicit derivative of a partly "
-          "frozen solve is not implemented); adapt_mask must be None")
-    if self.remat:
-      raise ValueError(
-          "remat has no effect for iMAML (the inner loop is never "
-          "differentiated); leave it False")
     if (self.inner_optimizer is not None and
         not isinstance(self.inner_optimizer, optax.GradientTransformation)):
       raise ValueError(
@@ -229,10 +225,14 @@ class IMAML(MAML):
     ``theta`` (not differentiable; use :meth:`adapt` for gradients)."""
     steps = self.inner_steps if steps is None else steps
     theta = jax.lax.stop_gradient(theta)
+    step = (inner.sgd(self.inner_lr) if self.inner_optimizer is None
+            else self.inner_optimizer)
+    # grad G = grad L_S + lam (phi - theta): the proximal rule adds the
+    # second term, so any inner optimiser descends on G.
     return inner.adapt(
-        lambda p: self.proximal_loss(p, theta, x, y), theta, steps=steps,
-        lr=self.inner_lr, optimizer=self.inner_optimizer, unroll=self.unroll,
-        return_trajectory=return_trajectory)
+        lambda p: self.support_loss(p, x, y), theta, steps=steps,
+        update=optax.chain(inner.proximal(theta, self.lam), step),
+        unroll=self.unroll, return_trajectory=return_trajectory)
 
   def implicit_vjp(self, phi, x, y, g):
     """``(I + H/lam)^{-1} g`` by CG, ``H`` the support-loss Hessian at
@@ -256,6 +256,25 @@ class IMAML(MAML):
     return conjugate_gradient(matvec, g, self.cg_steps)
 
   # -- Learner -----------------------------------------------------------
+  @property
+  def default_eval_steps(self) -> int:
+    return self.eval_inner_steps or self.inner_steps
+
+  def init(self, rng, task: Task):
+    return {"model": self.model.init(rng, task.support_x)["params"]}
+
+  def predict(self, params, state, x):
+    del params
+    return self.apply(state, x)
+
+  def task_loss(self, params, task: Task, *, iteration=0):
+    """``(query loss at phi*, metrics)``; its gradient is Eq. 7."""
+    del iteration
+    adapted = self.adapt(params, task.support_x, task.support_y)
+    metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
+    metrics.update(self.pre_metrics(params["model"], task))
+    return metrics["loss"], metrics
+
   def adapt(self, params, support_x, support_y, *, steps=None,
             return_trajectory=False):
     """``phi*`` for one task, differentiable in ``params['model']`` through

@@ -27,21 +27,21 @@ Defaults are MAML's sinusoid setting: 1 inner step, ``alpha = 0.01``, MSE.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
-from metajax.core import inner, losses
-from metajax.core.learner import Learner
+from metajax.algorithms.model_learner import ModelLearner
+from metajax.core import inner
 from metajax.core.tasks import Task
 
 LEARN_LR = (None, "scalar", "per_param", "per_step_per_tensor")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MAML(Learner):
+class MAML(ModelLearner):
   """Model-agnostic meta-learning over a flax model.
 
   Attributes:
@@ -60,13 +60,9 @@ class MAML(Learner):
     unroll: inner loop unrolled in Python (``True``) or ``lax.scan``
       (``False`` or an unroll factor).
     remat: rematerialise inner steps in the backward pass (less memory).
-    pre_metrics_on: ``'support'`` (MAML's convention: loss before adaptation
-      on the support set, nearly free) or ``'query'`` (one more forward pass).
-    ways: classes per task (classification), checked against ``model``'s
-      outputs and the labels.
+    pre_metrics_on, ways: see :class:`~metajax.algorithms.model_learner.ModelLearner`
+      (keyword-only).
   """
-  model: nn.Module
-  loss: str | Callable = "mse"
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: int | None = None
@@ -75,30 +71,18 @@ class MAML(Learner):
   learn_inner_lr: str | None = None
   unroll: bool | int = True
   remat: bool = False
-  pre_metrics_on: str = "support"
-  ways: int | None = None
 
   def __post_init__(self):
+    super().__post_init__()
     if self.learn_inner_lr not in LEARN_LR:
       raise ValueError(
           f"learn_inner_lr must be one of {LEARN_LR}, got {self.learn_inner_lr!r}")
-    if self.pre_metrics_on not in ("support", "query"):
-      raise ValueError("pre_metrics_on must be 'support' or 'query'")
     if self.inner_steps < 0:
       raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
 
-  # -- properties --------------------------------------------------------
   @property
-  def loss_fn(self) -> Callable:
-    return losses.get(self.loss)
-
-  @property
-  def classification(self) -> bool:  # type: ignore[override]
-    return self.loss == "cross_entropy" or self.loss is losses.cross_entropy
-
-  @property
-  def num_outputs(self):
-    return getattr(self.model, "num_outputs", None)
+  def default_eval_steps(self) -> int:
+    return self.eval_inner_steps or self.inner_steps
 
   # -- Learner -----------------------------------------------------------
   def init(self, rng, task: Task):
@@ -115,61 +99,35 @@ class MAML(Learner):
           lambda p: jnp.full((self.inner_steps,), lr, p.dtype), model_params)
     return params
 
-  def apply(self, model_params, x):
-    """The model's outputs for inputs ``x`` under ``model_params``."""
-    return self.model.apply({"params": model_params}, x)
-
-  def support_loss(self, model_params, x, y):
-    return self.loss_fn(self.apply(model_params, x), y)
+  def update_rule(self, params, *, first_order=None) -> inner.UpdateRule:
+    """The inner step: ``sgd`` on the (possibly learned) rate, or per-step
+    rates for ``'per_step_per_tensor'``, after ``first_order`` if set
+    (``first_order`` overrides the field; it may be a traced bool)."""
+    lr = params.get("inner_lr", self.inner_lr)
+    step = (inner.per_step_sgd(lr)
+            if self.learn_inner_lr == "per_step_per_tensor" else inner.sgd(lr))
+    fo = self.first_order if first_order is None else first_order
+    return step if fo is False else optax.chain(inner.first_order(fo), step)
 
   def adapt(self, params, support_x, support_y, *, steps=None,
             return_trajectory=False):
     """Adapted model parameters after ``steps`` (default ``inner_steps``)."""
     steps = self.inner_steps if steps is None else steps
-    lr = params.get("inner_lr", self.inner_lr)
+    if self.learn_inner_lr == "per_step_per_tensor":
+      inner.check_per_step_rates(params["inner_lr"], steps)
     return inner.adapt(
         lambda p: self.support_loss(p, support_x, support_y),
-        params["model"], steps=steps, lr=lr, mask=self.adapt_mask,
-        first_order=self.first_order,
-        per_step_lr=self.learn_inner_lr == "per_step_per_tensor",
-        unroll=self.unroll, remat=self.remat,
+        params["model"], steps=steps, update=self.update_rule(params),
+        mask=self.adapt_mask, unroll=self.unroll, remat=self.remat,
         return_trajectory=return_trajectory)
 
   def predict(self, params, state, x):
     del params
     return self.apply(state, x)
 
-  def metrics(self, outputs, y, prefix=""):
-    m = {prefix + "loss": self.loss_fn(outputs, y)}
-    if self.classification:
-      m[prefix + "accuracy"] = losses.accuracy(outputs, y)
-    return m
-
-  def task_loss(self, params, task: Task):
+  def task_loss(self, params, task: Task, *, iteration=0):
+    del iteration  # MAML has no schedule
     adapted = self.adapt(params, task.support_x, task.support_y)
     metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
-    x, y = ((task.support_x, task.support_y) if self.pre_metrics_on == "support"
-            else (task.query_x, task.query_y))
-    pre = self.metrics(self.apply(jax.lax.stop_gradient(params["model"]), x),
-                       y, prefix="pre_")
-    metrics.update(jax.lax.stop_gradient(pre))
+    metrics.update(self.pre_metrics(params["model"], task))
     return metrics["loss"], metrics
-
-  def evaluate(self, params, task: Task, *, steps=None):
-    """Query metrics after 0, 1, ..., ``steps`` inner steps.
-
-    Returns a dict of arrays of length ``steps + 1`` (``loss`` and, for
-    classification, ``accuracy``); ``steps`` defaults to ``eval_inner_steps``.
-    """
-    steps = (self.eval_inner_steps or self.inner_steps) if steps is None else steps
-    curve = [self.metrics(self.apply(params["model"], task.query_x),
-                          task.query_y)]
-    if steps:
-      _, traj = self.adapt(params, task.support_x, task.support_y, steps=steps,
-                           return_trajectory=True)
-      per_step = jax.lax.map(
-          lambda p: self.metrics(self.apply(p, task.query_x), task.query_y),
-          traj)
-      return jax.tree_util.tree_map(
-          lambda a, b: jnp.concatenate([a[None], b]), curve[0], per_step)
-    return jax.tree_util.tree_map(lambda a: a[None], curve[0])

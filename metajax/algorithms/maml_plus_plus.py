@@ -37,23 +37,15 @@ paper's stabilising changes, each a field of :class:`MAMLPlusPlus`:
 * CA, cosine annealing of the outer Adam rate per epoch:
   :meth:`MAMLPlusPlus.outer_optimizer`.
 
-The annealed quantities depend on the meta-iteration, which the generic
-``learner.task_grad(params, task)`` cannot see. Two ways to supply it:
-
-* :meth:`MAMLPlusPlus.with_iteration` returns a copy for iteration ``i``;
-  its schedule is a compile-time constant, so a step built from it with
-  :func:`metajax.make_meta_step` is re-compiled for every copy (fine for
-  single checks, wasteful for training);
-* :func:`make_meta_step` (this module) reads the iteration from
-  ``state.step`` and compiles one step per *phase* (first/second order x
-  multi-step/last-step loss: at most three compiles over a run). The MSL
-  weights, which change every epoch, are passed to the compiled step as an
-  array argument, so they never trigger a re-compile. The host only reads
-  ``state.step`` once; afterwards it counts, so the loop never waits on the
-  device. Its ``.jitted`` attribute is a single compiled step for loops that
-  stay on the device (``lax.scan`` over steps): the weights are computed
-  from the traced ``state.step`` and the derivative order is a
-  ``lax.cond`` (both orders compiled into one program).
+The annealed quantities are functions of the meta-iteration, which is
+outer state: :func:`metajax.make_meta_step` passes ``state.step`` to
+:meth:`MAMLPlusPlus.meta_grad` as ``iteration`` (and so does
+:func:`metajax.training.fit`, which runs that step), and the learner object
+holds only constants. With a traced ``iteration`` the MSL weights are computed
+on the device and the phase (first/second order x multi-step/last-step loss)
+is picked by ``lax.switch`` outside the task map, so each meta-step runs only
+its own phase's program and a run never re-compiles; a Python ``int``
+``iteration`` (a direct call) fixes the phase at trace time.
 """
 from __future__ import annotations
 
@@ -66,11 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax.algorithms.maml import MAML
 from metajax.core import inner
-from metajax.core import learner as learner_lib
 from metajax.core import masks as masks_lib
 from metajax.core import task_map as task_map_lib
-from metajax.algorithms.maml import MAML
 from metajax.core.tasks import Task
 
 
@@ -161,9 +152,9 @@ class MAMLPlusPlus(MAML):
     adapt_bn: whether batch-norm parameters adapt in the inner loop (must be
       False with ``per_step_bn``, as in the authors' code).
     norm_predicate: which parameter paths are batch-norm parameters.
-    iteration: the current meta-iteration (see :meth:`with_iteration`).
-    loss_weights: explicit ``(K,)`` MSL weights overriding the schedule
-      (may be a traced array; :func:`make_meta_step` uses this).
+
+  The meta-iteration is not a field: it is the ``iteration`` argument of
+  :meth:`task_loss` / :meth:`meta_grad` (``state.step`` in the meta-step).
   """
   inner_steps: int = 5
   inner_lr: float = 0.01
@@ -175,8 +166,6 @@ class MAMLPlusPlus(MAML):
   per_step_bn: bool = True
   adapt_bn: bool = False
   norm_predicate: Callable[[str], bool] = is_norm_path
-  iteration: int = 0
-  loss_weights: Any = None
 
   PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
   PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
@@ -193,18 +182,10 @@ class MAMLPlusPlus(MAML):
     if self.iters_per_epoch < 1:
       raise ValueError(
           f"iters_per_epoch must be >= 1, got {self.iters_per_epoch}")
-    if not isinstance(self.iteration, (int, np.integer)) or self.iteration < 0:
-      raise ValueError(
-          f"iteration must be a non-negative int, got {self.iteration!r}")
     if self.per_step_bn and self.adapt_bn:
       raise ValueError(
           "per_step_bn requires adapt_bn=False: per-step batch-norm weights "
           "are meta-learned, not adapted (MAML++'s BNWB)")
-    if self.loss_weights is not None:
-      shape = np.shape(self.loss_weights)
-      if shape != (self.inner_steps,):
-        raise ValueError(
-            f"loss_weights must have shape ({self.inner_steps},), got {shape}")
 
   @classmethod
   def paper(cls, model, setting: str = "miniimagenet_5way_1shot", **overrides):
@@ -286,14 +267,27 @@ class MAMLPlusPlus(MAML):
     return jnp.where(epoch < self.msl_epochs, msl, only_last)
 
   def phase(self, iteration: int) -> tuple[bool, bool]:
-    """``(first_order, multi_step_loss)`` at ``iteration``: what a compiled
-    step depends on statically."""
+    """``(first_order, multi_step_loss)`` at a Python-int ``iteration``."""
     return self.first_order_at(iteration), self.msl_active_at(iteration)
 
-  def with_iteration(self, iteration: int) -> "MAMLPlusPlus":
-    """A copy for meta-iteration ``iteration`` (schedules follow it)."""
-    return dataclasses.replace(self, iteration=int(iteration),
-                               loss_weights=None)
+  def phases(self) -> list[tuple[bool, bool]]:
+    """Every phase a run can reach (what a traced step compiles)."""
+    orders = ([True] if self.first_order else [False]
+              if self.first_order_epochs == 0 else [True, False])
+    msl = ([True, False] if self.multi_step_loss and self.inner_steps > 1
+           else [False])
+    return [(fo, m) for fo in orders for m in msl]
+
+  def phase_index(self, iteration: jax.Array) -> jax.Array:
+    """Index into :meth:`phases` of a traced ``iteration``."""
+    epoch = iteration // self.iters_per_epoch
+    fo = jnp.asarray(self.first_order) | (epoch < self.first_order_epochs)
+    msl = (jnp.asarray(self.multi_step_loss and self.inner_steps > 1) &
+           (epoch < self.msl_epochs))
+    index = jnp.zeros((), jnp.int32)
+    for i, (p_fo, p_msl) in enumerate(self.phases()):
+      index = jnp.where((fo == p_fo) & (msl == p_msl), i, index)
+    return index
 
   # -- parameters --------------------------------------------------------
   def _norm_mask(self, model_params):
@@ -329,170 +323,121 @@ class MAMLPlusPlus(MAML):
 
   # -- Learner -----------------------------------------------------------
   def adapt(self, params, support_x, support_y, *, steps=None,
-            return_trajectory=False):
+            return_trajectory=False, first_order=None):
     """Adapted model parameters after ``steps`` (default ``K``) steps.
 
     Beyond ``K`` steps (meta-test) the last step's rates and batch-norm
-    weights are reused.
+    weights are reused. ``first_order`` (default: the ``first_order`` field)
+    is the derivative order of this call, set by :meth:`task_loss` from the
+    iteration.
     """
     steps = self.inner_steps if steps is None else steps
-    lr = params.get("inner_lr", self.inner_lr)
-    per_step = self.learn_inner_lr == "per_step_per_tensor"
-    if per_step and steps > self.inner_steps:
+    if self.learn_inner_lr == "per_step_per_tensor" and steps > self.inner_steps:
       extra = steps - self.inner_steps
-      lr = jax.tree_util.tree_map(
-          lambda l: jnp.concatenate([l, jnp.repeat(l[-1:], extra)]), lr)
+      params = {**params, "inner_lr": jax.tree_util.tree_map(
+          lambda l: jnp.concatenate([l, jnp.repeat(l[-1:], extra)]),
+          params["inner_lr"])}
+    if self.learn_inner_lr == "per_step_per_tensor":
+      inner.check_per_step_rates(params["inner_lr"], steps)
 
     def loss_fn(p, t):
       return self.support_loss(self.step_params(p, t), support_x, support_y)
 
     return inner.adapt(
-        loss_fn, params["model"], steps=steps, lr=lr,
-        mask=self._inner_mask(params["model"]),
-        first_order=self.first_order_at(self.iteration),
-        per_step_lr=per_step, unroll=self.unroll, remat=self.remat,
-        return_trajectory=return_trajectory, step_loss=True)
+        loss_fn, params["model"], steps=steps,
+        update=self.update_rule(params, first_order=first_order),
+        mask=self._inner_mask(params["model"]), unroll=self.unroll,
+        remat=self.remat, return_trajectory=return_trajectory,
+        step_loss=True)
 
   def predict(self, params, state, x):
     del params
     return self.apply(self.step_params(state, self.inner_steps - 1), x)
 
-  def task_loss(self, params, task: Task):
-    """``(objective, metrics)``: the objective is the MSL-weighted sum of
-    per-step query losses (or the last step's loss); ``metrics['loss']`` is
-    always the last step's query loss, ``metrics['msl_loss']`` the
-    objective."""
+  def phase_loss(self, params, task: Task, weights, *, first_order,
+                 multi_step: bool):
+    """``(objective, metrics)`` of one phase: ``first_order`` (a bool, maybe
+    traced) and ``multi_step`` (static) fix the derivative order and whether
+    the objective is the ``weights``-weighted sum of per-step query losses or
+    the last step's loss."""
     k = self.inner_steps
     qx, qy = task.query_x, task.query_y
-    if self.msl_active_at(self.iteration):
-      w = (self.loss_weights if self.loss_weights is not None
-           else self.loss_weights_at(self.iteration))
+    if multi_step:
       _, traj = self.adapt(params, task.support_x, task.support_y,
-                           return_trajectory=True)
+                           return_trajectory=True, first_order=first_order)
       outs = [self.apply(self.step_params(
           jax.tree_util.tree_map(lambda a: a[t], traj), t), qx)
               for t in range(k)]
-      objective = sum(w[t] * self.loss_fn(outs[t], qy) for t in range(k))
+      objective = sum(weights[t] * self.loss_fn(outs[t], qy) for t in range(k))
       final = outs[-1]
     else:
-      adapted = self.adapt(params, task.support_x, task.support_y)
+      adapted = self.adapt(params, task.support_x, task.support_y,
+                           first_order=first_order)
       final = self.predict(params, adapted, qx)
       objective = self.loss_fn(final, qy)
     metrics = self.metrics(final, qy)
     metrics["msl_loss"] = jax.lax.stop_gradient(objective)
-    x, y = ((task.support_x, task.support_y) if self.pre_metrics_on == "support"
-            else (task.query_x, task.query_y))
-    theta0 = self.step_params(jax.lax.stop_gradient(params["model"]), 0)
-    metrics.update(jax.lax.stop_gradient(
-        self.metrics(self.apply(theta0, x), y, prefix="pre_")))
+    metrics.update(self.pre_metrics(self.step_params(params["model"], 0), task))
     return objective, metrics
 
-  def evaluate(self, params, task: Task, *, steps=None):
-    """Query metrics after 0, 1, ..., ``steps`` inner steps (arrays of length
-    ``steps + 1``; step ``t`` is scored with batch-norm row ``t - 1``)."""
-    steps = (self.eval_inner_steps or self.inner_steps) if steps is None else steps
-    qx, qy = task.query_x, task.query_y
-    pre = self.metrics(self.apply(self.step_params(params["model"], 0), qx), qy)
-    if not steps:
-      return jax.tree_util.tree_map(lambda a: a[None], pre)
-    _, traj = self.adapt(params, task.support_x, task.support_y, steps=steps,
-                         return_trajectory=True)
-    per_step = jax.lax.map(
-        lambda pt: self.metrics(
-            self.apply(self.step_params(pt[0], pt[1]), qx), qy),
-        (traj, jnp.arange(steps)))
-    return jax.tree_util.tree_map(
-        lambda a, b: jnp.concatenate([a[None], b]), pre, per_step)
-
-
-def make_meta_step(learner: MAMLPlusPlus,
-                   optimizer: optax.GradientTransformation, *,
-                   task_map: str = "vmap", chunk_size: int | None = None,
-                   check: bool = True, donate: bool = False):
-  """A MAML++ meta-step whose schedules follow ``state.step``.
-
-  Same contract as :func:`metajax.make_meta_step` (``step(state, tasks) ->
-  (state, metrics)``), but the iteration used by MSL and DA is
-  ``state.step`` instead of ``learner.iteration``.
-
-  The returned ``step`` compiles one function per phase
-  (:meth:`MAMLPlusPlus.phase`, at most three over a run) and passes the MSL
-  weights as an array argument; ``step.phases`` holds them by phase.
-
-  ``step.jitted`` is the fully on-device alternative for loops that keep
-  the state on the device (e.g. ``lax.scan`` over steps): one compiled
-  function that computes the weights from the traced ``state.step``
-  (:meth:`MAMLPlusPlus.loss_weights_traced`) and picks first or second
-  order with ``lax.cond`` (both compiled in; it always takes the multi-step
-  path, whose weights become ``(0, ..., 0, 1)`` after ``msl_epochs``). The
-  two give the same updates.
-  """
-  if not isinstance(learner, MAMLPlusPlus):
-    raise ValueError(
-        f"expected a MAMLPlusPlus learner, got {type(learner).__name__}; use "
-        "metajax.make_meta_step for other learners")
-  if task_map not in task_map_lib.METHODS:
-    raise ValueError(
-        f"unknown task mapping {task_map!r}; choose one of "
-        f"{task_map_lib.METHODS}")
-  compiled: dict[tuple[bool, bool], Callable] = {}
-  host = {"step": None, "iteration": None}
-  donate_argnums = (0,) if donate else ()
-
-  def update(lrn, state, tasks):
-    (_, metrics), grads = lrn.meta_grad(
-        state.params, tasks, task_map=task_map, chunk_size=chunk_size)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return learner_lib.MetaState(params, opt_state, state.step + 1), metrics
-
-  def build(iteration):
-    phase_learner = learner.with_iteration(iteration)
-
-    def step(state, tasks, weights):
-      return update(dataclasses.replace(phase_learner, loss_weights=weights),
-                    state, tasks)
-
-    return jax.jit(step, donate_argnums=donate_argnums)
-
-  def meta_step(state: learner_lib.MetaState, tasks: Task):
-    if check:
-      learner.check(tasks)
-    # The iteration is counted on the host while the caller feeds back the
-    # state we returned; any other state is read once from the device.
-    if host["step"] is not None and state.step is host["step"]:
-      iteration = host["iteration"]
+  def task_loss(self, params, task: Task, *, iteration=0):
+    """``(objective, metrics)`` at meta-iteration ``iteration``: the
+    objective is the MSL-weighted sum of per-step query losses (or the last
+    step's loss); ``metrics['loss']`` is always the last step's query loss,
+    ``metrics['msl_loss']`` the objective. A traced ``iteration`` computes
+    the weights on the device and selects the derivative order with a
+    traced flag (:meth:`meta_grad` instead switches whole phases)."""
+    if isinstance(iteration, (int, np.integer)):
+      first_order, multi_step = self.phase(int(iteration))
+      weights = self.loss_weights_at(int(iteration))
     else:
-      iteration = int(state.step)
-    phase = learner.phase(iteration)
-    if phase not in compiled:
-      compiled[phase] = build(iteration)
-    weights = jnp.asarray(learner.loss_weights_at(iteration),
-                          jnp.result_type(float))
-    new_state, metrics = compiled[phase](state, tasks, weights)
-    host["step"], host["iteration"] = new_state.step, iteration + 1
-    return new_state, metrics
+      epoch = iteration // self.iters_per_epoch
+      first_order = (True if self.first_order else
+                     False if self.first_order_epochs == 0 else
+                     epoch < self.first_order_epochs)
+      multi_step = self.multi_step_loss and self.inner_steps > 1
+      weights = self.loss_weights_traced(iteration)
+    return self.phase_loss(params, task, weights, first_order=first_order,
+                           multi_step=multi_step)
 
-  # -- the traced variant ------------------------------------------------
-  # Iteration 0 selects the multi-step path whenever MSL is used at all;
-  # the weights then come from the traced schedule.
-  base = learner.with_iteration(0)
-  first = dataclasses.replace(base, first_order=True)
-  second = dataclasses.replace(base, first_order=False, first_order_epochs=0)
+  def meta_grad(self, params, tasks: Task, *, iteration=0, task_map="vmap",
+                chunk_size=None):
+    """The mean meta-gradient at ``iteration``; a traced ``iteration`` runs
+    one ``lax.switch`` branch per phase around the whole task map."""
+    if isinstance(iteration, (int, np.integer)):
+      return super().meta_grad(params, tasks, iteration=int(iteration),
+                               task_map=task_map, chunk_size=chunk_size)
+    weights = self.loss_weights_traced(iteration)
 
-  def traced_step(state: learner_lib.MetaState, tasks: Task):
-    weights = learner.loss_weights_traced(state.step)
-    branches = [lambda s, t, lrn=lrn: update(
-        dataclasses.replace(lrn, loss_weights=weights), s, t)
-                for lrn in (second, first)]
-    if learner.first_order:
-      return branches[1](state, tasks)
-    if learner.first_order_epochs == 0:
-      return branches[0](state, tasks)
-    use_first = state.step // learner.iters_per_epoch < learner.first_order_epochs
-    return jax.lax.cond(use_first, branches[1], branches[0], state, tasks)
+    def branch(phase):
+      first_order, multi_step = phase
 
-  meta_step.phases = compiled
-  meta_step.traced = traced_step
-  meta_step.jitted = jax.jit(traced_step, donate_argnums=donate_argnums)
-  return meta_step
+      def task_grad(task):
+        return jax.value_and_grad(
+            lambda p: self.phase_loss(p, task, weights,
+                                      first_order=first_order,
+                                      multi_step=multi_step),
+            has_aux=True)(params)
+
+      return lambda: task_map_lib.mean_over_tasks(
+          task_grad, tasks, method=task_map, chunk_size=chunk_size)
+
+    branches = [branch(phase) for phase in self.phases()]
+    if len(branches) == 1:
+      return branches[0]()
+    return jax.lax.switch(self.phase_index(iteration), branches)
+
+  def query_metrics_after(self, params, trajectory, task: Task) -> dict:
+    """Step ``t`` is scored with batch-norm row ``t - 1``."""
+    del params
+    steps = jax.tree_util.tree_leaves(trajectory)[0].shape[0]
+    return jax.lax.map(
+        lambda pt: self.metrics(
+            self.apply(self.step_params(pt[0], pt[1]), task.query_x),
+            task.query_y),
+        (trajectory, jnp.arange(steps)))
+
+  def initial_query_metrics(self, params, task: Task) -> dict:
+    return self.metrics(
+        self.apply(self.step_params(params["model"], 0), task.query_x),
+        task.query_y)

@@ -53,8 +53,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
-from metajax.algorithms.maml import MAML
 from metajax.core.tasks import Task
 
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -165,15 +165,20 @@ def minibatch_indices(key: jax.Array, num_examples: int, batch_size: int,
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reptile(MAML):
+class Reptile(ModelLearner):
   """Reptile over a flax model (see the module docstring for the equations).
 
   Meta-parameters are ``{'model': flax params}``; :meth:`task_grad` returns
   ``{'model': theta - phi}`` (use ``optax.sgd(eps)`` or
   :meth:`outer_optimizer` as the outer optimiser for the paper's update).
 
-  Attributes (beyond :class:`~metajax.MAML`'s ``model``, ``loss``,
-  ``adapt_mask``, ``unroll``, ``remat``, ``pre_metrics_on``, ``ways``):
+  Reptile shares MAML's inner loop (:func:`metajax.core.inner.adapt`) and
+  its model-and-loss base, not MAML itself: it has no derivative order and no
+  learned rates.
+
+  Attributes (beyond ``model``, ``loss`` and the keyword-only
+  ``pre_metrics_on``, ``ways`` of
+  :class:`~metajax.algorithms.model_learner.ModelLearner`):
     inner_steps: inner iterations ``k`` at meta-training time.
     inner_lr: the inner Adam (or SGD) step size.
     inner_optimizer: ``'adam'`` (``b1 = 0``, ``b2 = 0.999``, ``eps = 1e-8``
@@ -187,11 +192,16 @@ class Reptile(MAML):
     replacement: sample each minibatch independently (see
       :func:`minibatch_indices`).
     seed: base seed of the per-task minibatch order (see :func:`task_key`).
+    adapt_mask: which model parameters adapt (as :class:`~metajax.MAML`).
+    unroll, remat: as :class:`~metajax.MAML` (the loop is never
+      differentiated, so ``lax.scan`` is the default).
   """
   inner_steps: int = 5
   inner_lr: float = 1e-3
   eval_inner_steps: int | None = 50
+  adapt_mask: Any = None
   unroll: bool | int = False
+  remat: bool = False
   inner_optimizer: Any = "adam"
   inner_batch_size: int | None = 10
   eval_inner_batch_size: int | None = 5
@@ -203,14 +213,8 @@ class Reptile(MAML):
 
   def __post_init__(self):
     super().__post_init__()
-    if self.learn_inner_lr is not None:
-      raise ValueError(
-          "Reptile does not learn inner learning rates (its update is "
-          f"theta - phi, not a gradient); got learn_inner_lr={self.learn_inner_lr!r}")
-    if self.first_order:
-      raise ValueError(
-          "Reptile is first-order by construction; first_order=True has no "
-          "meaning here")
+    if self.inner_steps < 0:
+      raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
     if isinstance(self.inner_optimizer, str):
       if self.inner_optimizer not in INNER_OPTIMIZERS:
         raise ValueError(
@@ -254,12 +258,19 @@ class Reptile(MAML):
     return optax.sgd(optax.linear_schedule(meta_step, meta_step_final,
                                            meta_iters))
 
+  @property
+  def default_eval_steps(self) -> int:
+    return (self.inner_steps if self.eval_inner_steps is None
+            else self.eval_inner_steps)
+
   # -- inner loop --------------------------------------------------------
-  def _optimizer(self):
+  def update_rule(self) -> inner.UpdateRule:
+    """The inner step: TF-style Adam with ``b1 = 0``, plain SGD, or the
+    given optax transformation."""
     if self.inner_optimizer == "adam":
       return optax.adam(self.inner_lr, b1=0.0, b2=0.999, eps=1e-8)
     if self.inner_optimizer == "sgd":
-      return None  # inner.adapt's plain ``p - lr * g``
+      return inner.sgd(self.inner_lr)
     return self.inner_optimizer
 
   _UNSET: ClassVar[object] = object()
@@ -296,21 +307,36 @@ class Reptile(MAML):
         return self.support_loss(p, support_x[b], support_y[b])
 
     return inner.adapt(
-        loss_fn, params["model"], steps=steps, lr=self.inner_lr,
-        mask=self.adapt_mask, optimizer=self._optimizer(), unroll=self.unroll,
+        loss_fn, params["model"], steps=steps, update=self.update_rule(),
+        mask=self.adapt_mask, unroll=self.unroll,
         remat=self.remat, return_trajectory=return_trajectory,
         step_loss=not full_batch)
 
   # -- Learner -----------------------------------------------------------
-  def task_grad(self, params, task: Task):
+  def init(self, rng, task: Task):
+    return {"model": self.model.init(rng, task.support_x)["params"]}
+
+  def predict(self, params, state, x):
+    del params
+    return self.apply(state, x)
+
+  def task_loss(self, params, task: Task, *, iteration=0):
+    """``(query loss after adaptation, metrics)``; not differentiated in
+    training (see :meth:`task_grad`)."""
+    del iteration
+    phi = self.adapt(params, task.support_x, task.support_y)
+    metrics = self.metrics(self.apply(phi, task.query_x), task.query_y)
+    metrics.update(self.pre_metrics(params["model"], task))
+    return metrics["loss"], metrics
+
+  def task_grad(self, params, task: Task, *, iteration=0):
     """``((query loss, metrics), {'model': theta - phi})`` for one task."""
+    del iteration
     theta = jax.lax.stop_gradient(params["model"])
     phi = jax.lax.stop_gradient(
         self.adapt(params, task.support_x, task.support_y))
     metrics = self.metrics(self.apply(phi, task.query_x), task.query_y)
-    x, y = ((task.support_x, task.support_y) if self.pre_metrics_on == "support"
-            else (task.query_x, task.query_y))
-    metrics.update(self.metrics(self.apply(theta, x), y, prefix="pre_"))
+    metrics.update(self.pre_metrics(theta, task))
     grads = {"model": jax.tree_util.tree_map(jnp.subtract, theta, phi)}
     return (metrics["loss"], metrics), grads
 
@@ -320,4 +346,4 @@ class Reptile(MAML):
     ``steps + 1``."""
     evaluator = dataclasses.replace(
         self, inner_batch_size=self.eval_inner_batch_size)
-    return MAML.evaluate(evaluator, params, task, steps=steps)
+    return ModelLearner.evaluate(evaluator, params, task, steps=steps)

@@ -1,20 +1,35 @@
-"""Inner-loop adaptation: steps of gradient descent on a task's support loss.
+"""The inner loop: steps of an update rule on a task's support loss.
 
 :func:`adapt` is the one inner loop every optimisation-based learner shares.
 It is a pure function of the parameters, so the outer ``jax.grad`` through it
-gives MAML's exact second-order meta-gradient; ``first_order=True`` puts a
-``stop_gradient`` on each inner gradient (first-order MAML).
+gives MAML's exact second-order meta-gradient.
 
-The inner learning rate may be
+What a step does to the gradient is an *update rule*: an optax
+``GradientTransformation`` (pure ``(init, update)``), composed with
+``optax.chain`` from small pieces, so each method states its inner loop as
+one line instead of a set of flags:
 
-* a scalar (MAML);
-* a pytree shaped like the parameters, one rate (scalar or per-element
-  array) per tensor (Meta-SGD);
-* either of those with a leading axis of length ``steps`` and
-  ``per_step_lr=True``: one rate per step per tensor (MAML++).
+=========================== ==================================================
+rule                        inner step
+=========================== ==================================================
+``sgd(lr)``                 ``-lr * g``; ``lr`` a scalar (MAML) or a pytree of
+                            rates shaped like the parameters (Meta-SGD)
+``per_step_sgd(lrs)``       ``-lrs[t] * g``: one rate per step per tensor
+                            (MAML++'s LSLR); ``t`` is counted in the state
+``first_order(when)``       ``stop_gradient(g)`` (first-order MAML); ``when``
+                            may be a traced bool (MAML++'s annealing)
+``proximal(theta, lam)``    ``g + lam (phi - theta)`` (iMAML's proximal term)
+any optax transformation    e.g. ``optax.adam(lr, b1=0)`` (Reptile)
+=========================== ==================================================
 
-``mask`` picks which parameters adapt (the rest stay at their meta-learned
-values and get no inner gradient); e.g. head-only adaptation for ANIL.
+e.g. ``optax.chain(first_order(), sgd(0.4))`` is first-order MAML's step.
+Learned rates are traced values captured by the rule, so the outer gradient
+reaches them.
+
+``mask`` picks which parameters adapt (the rest keep their meta-learned
+values and get no inner gradient, e.g. head-only adaptation for ANIL). The
+rule sees the parameters as a pytree with ``None`` at the frozen leaves, as
+optax transformations handle natively.
 
 ``step_loss=True`` makes the support loss depend on the step index ``t``
 (``loss_fn(params, t)``): inner minibatches (Reptile) or per-step batch-norm
@@ -28,10 +43,17 @@ run time for conv nets on XLA CPU, longer compile), ``unroll=False`` uses
 scans with ``k`` steps unrolled per iteration. ``remat=True`` wraps each step
 in ``jax.checkpoint`` so the backward pass recomputes the inner forward pass
 instead of storing it (same numbers, less memory).
+
+References:
+  Finn et al. 2017, "Model-Agnostic Meta-Learning" (arXiv:1703.03400);
+  Li et al. 2017, "Meta-SGD" (arXiv:1707.09835);
+  Antoniou et al. 2019, "How to train your MAML" (arXiv:1810.09502);
+  Rajeswaran et al. 2019, "Meta-Learning with Implicit Gradients"
+  (arXiv:1909.04630).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,57 +64,151 @@ from metajax.core import masks as masks_lib
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
+UpdateRule = optax.GradientTransformation
 
 
-def _lr_leaves(lr, treedef, num_leaves: int, idx: Sequence[int]):
-  """The learning rates of the adapted leaves, as a list (or one scalar)."""
-  if isinstance(lr, (int, float)) or (hasattr(lr, "ndim") and
-                                      not isinstance(lr, (dict, list, tuple))):
-    return [lr] * len(idx)
-  leaves, lr_def = jax.tree_util.tree_flatten(lr)
-  if lr_def != treedef:
+def _is_none(x) -> bool:
+  return x is None
+
+
+def _map(fn, tree, *rest):
+  """``tree_map`` that keeps the ``None`` of frozen leaves in ``tree``."""
+  return jax.tree_util.tree_map(
+      lambda a, *r: None if a is None else fn(a, *r), tree, *rest,
+      is_leaf=_is_none)
+
+
+def _is_scalar_rate(lr) -> bool:
+  return isinstance(lr, (int, float)) or (
+      hasattr(lr, "ndim") and not isinstance(lr, (dict, list, tuple)))
+
+
+def _check_rate_tree(lr, updates):
+  want = jax.tree_util.tree_structure(updates, is_leaf=_is_none)
+  got = jax.tree_util.tree_structure(lr)
+  if got != want:
     raise ValueError(
         "a pytree inner learning rate must have the structure of the "
-        f"parameters; got {lr_def}, expected {treedef}")
-  return [leaves[i] for i in idx]
+        f"parameters; got {got}, expected {want}")
+
+
+def sgd(lr) -> UpdateRule:
+  """Gradient descent, ``-lr * g``: a scalar rate, or a pytree of rates
+  (scalars or per-element arrays) shaped like the parameters (Meta-SGD)."""
+  if lr is None:
+    raise ValueError("sgd needs a learning rate, got None")
+
+  def update(updates, state, params=None):
+    del params
+    if _is_scalar_rate(lr):
+      return _map(lambda g: -(lr * g), updates), state
+    _check_rate_tree(lr, updates)
+    return _map(lambda g, a: -(a * g), updates, lr), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
+
+
+class PerStepState(NamedTuple):
+  """The inner step index ``t`` of :func:`per_step_sgd`."""
+  count: jax.Array
+
+
+def per_step_sgd(lrs) -> UpdateRule:
+  """``-lrs[t] * g`` at inner step ``t``: ``lrs`` is a pytree shaped like the
+  parameters whose leaves carry a leading step axis (MAML++'s per-layer
+  per-step rates); check them with :func:`check_per_step_rates` first."""
+
+  def init(params):
+    del params
+    return PerStepState(jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    _check_rate_tree(lrs, updates)
+    t = state.count
+    return (_map(lambda g, a: -(a[t] * g), updates, lrs),
+            PerStepState(t + 1))
+
+  return optax.GradientTransformation(init, update)
+
+
+def check_per_step_rates(lrs, steps: int) -> None:
+  """``ValueError`` unless every leaf of ``lrs`` has a leading axis of at
+  least ``steps`` (indexing past it would silently clamp)."""
+  for l in jax.tree_util.tree_leaves(lrs):
+    n = np.shape(l)[0] if np.ndim(l) else 0
+    if n < steps:
+      raise ValueError(
+          f"per-step learning rates cover {n} steps but {steps} inner steps "
+          "were asked for")
+
+
+def first_order(when=True) -> UpdateRule:
+  """Treats the inner gradient as a constant (first-order MAML): the outer
+  gradient skips its second-order terms. ``when`` may be a traced boolean,
+  e.g. a derivative order annealed over meta-iterations."""
+
+  def update(updates, state, params=None):
+    del params
+    if when is True:
+      return _map(jax.lax.stop_gradient, updates), state
+    if when is False:
+      return updates, state
+    return _map(lambda g: jnp.where(when, jax.lax.stop_gradient(g), g),
+                updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
+
+
+def proximal(theta, lam) -> UpdateRule:
+  """Adds the gradient of ``lam/2 ||phi - theta||^2``: ``g + lam (phi -
+  theta)`` (iMAML's proximal regulariser towards the meta-parameters
+  ``theta``, a pytree shaped like the parameters)."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("proximal needs the current parameters")
+    return _map(lambda g, p, t: g + lam * (p - t), updates, params,
+                theta), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
 
 
 def adapt(loss_fn: LossFn,
           params: Params,
           *,
           steps: int,
-          lr: Any,
+          lr: Any = None,
+          update: UpdateRule | None = None,
           mask: Any = None,
-          first_order: bool = False,
-          per_step_lr: bool = False,
           unroll: bool | int = True,
           remat: bool = False,
-          optimizer: optax.GradientTransformation | None = None,
           has_aux: bool = False,
           return_trajectory: bool = False,
           step_loss: bool = False):
-  """Adapts ``params`` by ``steps`` gradient steps on ``loss_fn``.
+  """Adapts ``params`` by ``steps`` steps of an update rule on ``loss_fn``.
 
   Args:
     loss_fn: ``params -> scalar`` support loss of one task (with ``has_aux``,
       ``params -> (scalar, aux)``; the aux is dropped).
     params: the meta-parameters (initial point of the inner loop).
     steps: number of inner steps (static; may differ at meta-test time).
-    lr: inner learning rate(s), see the module docstring. Ignored when an
-      ``optimizer`` is given.
+    lr: shorthand for ``update=sgd(lr)``.
+    update: the update rule (see the module docstring); its state starts
+      fresh for every call, i.e. per task.
     mask: which leaves adapt: ``None`` (all), a pytree of bools shaped like
       ``params``, or a predicate on the leaf's path string, see
       :func:`metajax.core.masks.from_predicate`.
-    first_order: stop gradients through the inner gradients (FOMAML).
-    per_step_lr: ``lr`` leaves carry a leading axis of length >= ``steps``.
     unroll: ``True`` for a Python-unrolled loop, ``False`` for ``lax.scan``,
       or an ``int`` unroll factor for ``lax.scan``.
     remat: rematerialise each inner step in the backward pass.
-    optimizer: an optax inner optimiser instead of plain gradient descent
-      (e.g. Reptile's Adam with ``b1=0``); its state starts fresh per task.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     return_trajectory: also return the parameters after every step, stacked
-      on a leading axis of length ``steps`` (for MAML++'s multi-step loss).
+      on a leading axis of length ``steps`` (for MAML++'s multi-step loss and
+      adaptation curves).
     step_loss: ``loss_fn`` takes ``(params, t)``, ``t`` the 0-based step
       index (see the module docstring).
 
@@ -102,82 +218,57 @@ def adapt(loss_fn: LossFn,
   """
   if steps < 0:
     raise ValueError(f"inner steps must be >= 0, got {steps}")
+  if (update is None) == (lr is None):
+    raise ValueError("give the inner step as exactly one of lr= or update=")
+  rule = sgd(lr) if update is None else update
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  mask_leaves = masks_lib.resolve(mask, params)
-  idx = [i for i, m in enumerate(mask_leaves) if m]
+  keep = masks_lib.resolve(mask, params)
 
   def combine(adapted):
-    full = list(leaves)
-    for i, a in zip(idx, adapted):
-      full[i] = a
-    return jax.tree_util.tree_unflatten(treedef, full)
+    new = jax.tree_util.tree_leaves(adapted, is_leaf=_is_none)
+    return jax.tree_util.tree_unflatten(
+        treedef, [a if k else l for a, l, k in zip(new, leaves, keep)])
 
   def support_loss(adapted, t):
-    out = loss_fn(combine(adapted), t) if step_loss else loss_fn(combine(adapted))
+    full = combine(adapted)
+    out = loss_fn(full, t) if step_loss else loss_fn(full)
     return out[0] if has_aux else out
 
   grad_fn = jax.grad(support_loss)
 
-  if optimizer is None:
-    lrs = _lr_leaves(lr, treedef, len(leaves), idx)
-    if per_step_lr:
-      for l in lrs:
-        n = np.shape(l)[0] if np.ndim(l) else 0
-        if n < steps:
-          raise ValueError(
-              f"per-step learning rates cover {n} steps but {steps} inner "
-              "steps were asked for")
-
-    def step(adapted, step_lrs, t):
-      g = grad_fn(adapted, t)
-      if first_order:
-        g = jax.lax.stop_gradient(g)
-      return [p - a * d for p, a, d in zip(adapted, step_lrs, g)]
-
-    def body(adapted, t):
-      step_lrs = [l[t] for l in lrs] if per_step_lr else lrs
-      new = step_fn(adapted, step_lrs, t)
-      return new, new
-
-    state0 = [leaves[i] for i in idx]
-  else:
-    def step(carry, t):
-      adapted, opt_state = carry
-      g = grad_fn(adapted, t)
-      if first_order:
-        g = jax.lax.stop_gradient(g)
-      updates, opt_state = optimizer.update(g, opt_state, adapted)
-      return optax.apply_updates(adapted, updates), opt_state
-
-    def body(carry, t):
-      new = step_fn(carry, t)
-      return new, new[0]
-
-    adapted0 = [leaves[i] for i in idx]
-    state0 = (adapted0, optimizer.init(adapted0))
+  def step(carry, t):
+    adapted, rule_state = carry
+    updates, rule_state = rule.update(grad_fn(adapted, t), rule_state, adapted)
+    return optax.apply_updates(adapted, updates), rule_state
 
   step_fn = jax.checkpoint(step) if remat else step
 
+  def body(carry, t):
+    new = step_fn(carry, t)
+    return new, new[0]
+
+  adapted0 = jax.tree_util.tree_unflatten(
+      treedef, [l if k else None for l, k in zip(leaves, keep)])
+  carry = (adapted0, rule.init(adapted0))
   if unroll is True or steps == 0:
-    state, traj = state0, []
+    trajectory = []
     for t in range(steps):
-      state, out = body(state, t)
-      traj.append(out)
-    if return_trajectory:
-      traj = (jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *traj)
-              if traj else None)
+      carry, out = body(carry, t)
+      trajectory.append(out)
+    trajectory = (jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
+                                         *trajectory)
+                  if trajectory else None)
   else:
-    state, traj = jax.lax.scan(body, state0, jnp.arange(steps),
-                               unroll=max(int(unroll), 1))
-  adapted = state if optimizer is None else state[0]
-  result = combine(adapted)
+    carry, trajectory = jax.lax.scan(body, carry, jnp.arange(steps),
+                                     unroll=max(int(unroll), 1))
+  result = combine(carry[0])
   if not return_trajectory:
     return result
-  if traj is None:
+  if trajectory is None:
     return result, None
-  # Stack frozen leaves along the step axis too, so the trajectory is a
-  # params-shaped pytree with a leading ``steps`` axis.
-  stacked = [jnp.broadcast_to(l, (steps,) + np.shape(l)) for l in leaves]
-  for i, a in zip(idx, traj):
-    stacked[i] = a
-  return result, jax.tree_util.tree_unflatten(treedef, stacked)
+  # Frozen leaves are broadcast along the step axis too, so the trajectory is
+  # a params-shaped pytree with a leading ``steps`` axis.
+  moved = jax.tree_util.tree_leaves(trajectory, is_leaf=_is_none)
+  return result, jax.tree_util.tree_unflatten(treedef, [
+      a if k else jnp.broadcast_to(l, (steps,) + np.shape(l))
+      for a, l, k in zip(moved, leaves, keep)])

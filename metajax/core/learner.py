@@ -1,4 +1,4 @@
-"""The learner interface and the compiled meta-training step.
+"""The learner contract and the one compiled meta-training step.
 
 Every meta-learner in metajax (MAML and its variants, Reptile, iMAML,
 ProtoNets, ...) implements :class:`Learner`:
@@ -8,16 +8,30 @@ ProtoNets, ...) implements :class:`Learner`:
 * ``adapt(params, support_x, support_y, steps=None)``: task-specific state
   (adapted weights, prototypes, a ridge head, ...);
 * ``predict(params, state, x)``: outputs on query inputs;
-* ``task_loss(params, task)``: ``(query loss, metrics)`` of one task;
-* ``task_grad(params, task)``: ``((loss, metrics), meta-gradient)`` of one
-  task; autodiff of ``task_loss`` by default, overridden where the method
-  has its own update (Reptile) or gradient (iMAML);
+* ``task_loss(params, task, iteration=0)``: ``(query loss, metrics)`` of one
+  task;
+* ``task_grad(params, task, iteration=0)``: ``((loss, metrics),
+  meta-gradient)`` of one task; autodiff of ``task_loss`` by default,
+  overridden where the method has its own update (Reptile) or gradient
+  (iMAML);
+* ``meta_grad(params, tasks, iteration=0, ...)``: the mean of ``task_grad``
+  over a batch of tasks;
 * ``evaluate(params, task, steps)``: query metrics of one task (curves over
   inner steps where that applies).
 
+Outer state is explicit, as in optax and learned_optimization: a learner
+object holds only constants. Whatever changes over meta-training is either a
+meta-parameter (learned inner rates, in ``params``), optimiser state (an
+annealed outer step size, in ``opt_state``), or a function of the
+meta-iteration ``iteration`` that :func:`make_meta_step` passes in from
+``state.step`` (MAML++'s annealed multi-step-loss weights and derivative
+order). ``iteration`` is a traced ``int32`` inside the compiled step and a
+Python ``int`` in a direct call; learners with no schedule ignore it.
+
 :func:`make_meta_step` turns any learner and an optax optimiser into one
-``jit``-compiled meta-step that maps ``task_grad`` over the batch of tasks,
-averages, and applies the optimiser.
+``jit``-compiled meta-step: ``meta_grad`` at ``iteration = state.step``,
+then the optimiser update. :func:`metajax.training.fit` runs the same step
+inside ``lax.scan``; no learner has a step function of its own.
 """
 from __future__ import annotations
 
@@ -56,12 +70,16 @@ class Learner(abc.ABC):
     """Outputs on inputs ``x`` given the adapted ``state``."""
 
   @abc.abstractmethod
-  def task_loss(self, params: Params, task: Task) -> tuple[jax.Array, Metrics]:
-    """``(query loss, metrics)`` of one task (differentiable in ``params``)."""
+  def task_loss(self, params: Params, task: Task, *, iteration=0
+                ) -> tuple[jax.Array, Metrics]:
+    """``(query loss, metrics)`` of one task (differentiable in ``params``)
+    at meta-iteration ``iteration``."""
 
-  def task_grad(self, params: Params, task: Task):
+  def task_grad(self, params: Params, task: Task, *, iteration=0):
     """``((loss, metrics), grads)`` for one task: autodiff of ``task_loss``."""
-    return jax.value_and_grad(self.task_loss, has_aux=True)(params, task)
+    return jax.value_and_grad(
+        lambda p: self.task_loss(p, task, iteration=iteration),
+        has_aux=True)(params)
 
   def evaluate(self, params: Params, task: Task, *, steps=None) -> Metrics:
     """Query metrics of one task after adaptation."""
@@ -78,12 +96,12 @@ class Learner(abc.ABC):
   def num_outputs(self) -> int | None:
     return None
 
-  def meta_grad(self, params: Params, tasks: Task, *, task_map: str = "vmap",
-                chunk_size: int | None = None):
+  def meta_grad(self, params: Params, tasks: Task, *, iteration=0,
+                task_map: str = "vmap", chunk_size: int | None = None):
     """Mean over tasks of ``task_grad``: ``((loss, metrics), grads)``."""
     return task_map_lib.mean_over_tasks(
-        lambda t: self.task_grad(params, t), tasks, method=task_map,
-        chunk_size=chunk_size)
+        lambda t: self.task_grad(params, t, iteration=iteration), tasks,
+        method=task_map, chunk_size=chunk_size)
 
 
 class MetaState(NamedTuple):
@@ -116,6 +134,10 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
     donate: donate the state buffers to the step (saves memory on
       accelerators; the passed-in state must not be used afterwards).
 
+  Every learner goes through this one function: the meta-iteration
+  ``state.step`` is passed to ``learner.meta_grad``, so schedules (MAML++)
+  follow the state, and a resumed state continues them exactly.
+
   Returns:
     ``step(state, tasks) -> (state, metrics)``, where ``tasks`` is a
     :class:`~metajax.Task` with a leading task axis and ``metrics`` holds the
@@ -129,7 +151,8 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
 
   def step(state: MetaState, tasks: Task):
     (_, metrics), grads = learner.meta_grad(
-        state.params, tasks, task_map=task_map, chunk_size=chunk_size)
+        state.params, tasks, iteration=state.step, task_map=task_map,
+        chunk_size=chunk_size)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return MetaState(params, opt_state, state.step + 1), metrics

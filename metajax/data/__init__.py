@@ -10,9 +10,12 @@
   into :class:`metajax.Task` batches, with rotation policies.
 * :mod:`~metajax.data.imagenet`: mini-ImageNet, tieredImageNet, CIFAR-FS,
   FC100 loaders.
+* :mod:`~metajax.data.images`: the image decoder all loaders share, the
+  ink convention and both resize conventions (PIL filters, ``jax.image``).
 * :mod:`~metajax.data.datadir`: data dir / cache dir settings and errors.
 """
-from metajax.data import datadir, gp, imagenet, omniglot, sampler, sinusoid, splits
+from metajax.data import (datadir, gp, imagenet, images, omniglot, sampler,
+                          sinusoid, splits)
 from metajax.data.datadir import add_data_dir_flag, resolve_data_dir
 from metajax.data.imagenet import (ImageClassData, load_cifar_fs, load_fc100,
                                    load_miniimagenet, load_tieredimagenet)
@@ -24,7 +27,7 @@ from metajax.data.splits import SPLITS, OmniglotSplit, split_omniglot
 __all__ = [
     "ROTATIONS", "SPLITS", "EpisodeData", "EpisodeSampler", "ImageClassData",
     "OmniglotData", "OmniglotSplit", "add_data_dir_flag", "datadir", "gp",
-    "imagenet", "load_cifar_fs", "load_fc100", "load_miniimagenet",
+    "imagenet", "images", "load_cifar_fs", "load_fc100", "load_miniimagenet",
     "load_omniglot", "load_omniglot_archive", "load_tieredimagenet",
     "omniglot", "resolve_data_dir", "sampler", "sinusoid",
     "split_omniglot", "splits",

@@ -32,25 +32,27 @@ scales them to [0, 1] after gathering), and
   ``CIFAR_FS_{split}.pickle`` / ``FC100_{split}.pickle`` (``data``,
   ``labels`` = CIFAR-100 fine ids).
 
-Resizing (when a source's images are not ``image_size``) uses PIL's
-Lanczos filter, as Ravi & Larochelle's mini-ImageNet tools. Decoded arrays
-are cached as ``.npy`` (:mod:`metajax.data.datadir`). Loaders only read
-local files; see ``datadir.HOW_TO_GET`` for where to get them.
+Files are decoded by :func:`metajax.data.images.decode_image`, the decoder
+all loaders share. Resizing (when a source's images are not ``image_size``)
+uses PIL's Lanczos filter (that module's default, also for decoded arrays:
+:func:`~metajax.data.images.pil_resize`), as Ravi & Larochelle's
+mini-ImageNet tools. Decoded arrays are cached as ``.npy``
+(:mod:`metajax.data.datadir`). Loaders only read local files; see
+``datadir.HOW_TO_GET`` for where to get them.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import tarfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from metajax.data import datadir as dd
+from metajax.data.images import decode_image, pil_resize
 
 SPLITS = ("train", "val", "test")
 MINI_SOURCES = ("auto", "images", "pickle", "metaoptnet")
@@ -121,26 +123,14 @@ def _check(name: str, value, allowed: Sequence[str]):
     raise ValueError(f"unknown {name} {value!r}; choose from {tuple(allowed)}")
 
 
-def _decode_rgb(data: bytes, where: str, size: int | None) -> np.ndarray:
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      im = im.convert("RGB")
-      if size is not None and im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.LANCZOS)
-      return np.asarray(im, np.uint8)
-  except Exception as e:  # PIL raises many types for broken files
-    raise ValueError(f"{where} is not a readable image ({e})") from e
-
-
 def _resize_array(images: np.ndarray, size: int | None) -> np.ndarray:
   """Resizes uint8 ``(N, H, W, 3)`` (no-op if already ``size``)."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"expected (N, H, W, 3) RGB images, got {images.shape}")
-  if size is None or images.shape[1:3] == (size, size):
+  if size is None:
     return images.astype(np.uint8, copy=False)
-  return np.stack([np.asarray(Image.fromarray(np.asarray(x, np.uint8)).resize(
-      (size, size), Image.Resampling.LANCZOS)) for x in images])
+  return pil_resize(images, size)
 
 
 def _from_groups(names: list[str], groups: list[str], label_of: np.ndarray,
@@ -304,8 +294,8 @@ def _mini_from_images(path: Path, csv_path: Path, split: str,
           "miniimagenet", [path / missing[0]],
           f"{len(missing)} of the {len(files)} images of {csv_path.name} are "
           f"missing from {path}")
-    images = [_decode_rgb((path / f).read_bytes(), str(path / f), image_size)
-              for f in files]
+    images = [decode_image((path / f).read_bytes(), str(path / f),
+                           mode="RGB", size=image_size) for f in files]
   else:
     with dd.open_zip(path) as zf:
       members = {Path(n).name: n for n in zf.namelist()}
@@ -313,8 +303,9 @@ def _mini_from_images(path: Path, csv_path: Path, split: str,
       if missing:
         raise ValueError(f"{path}: {len(missing)} of the {len(files)} images "
                          f"of {csv_path.name} are missing (e.g. {missing[0]})")
-      images = [_decode_rgb(dd.read_zip_member(zf, members[f], path),
-                            f"{path}:{f}", image_size) for f in files]
+      images = [decode_image(dd.read_zip_member(zf, members[f], path),
+                             f"{path}:{f}", mode="RGB", size=image_size)
+                for f in files]
   shapes = {im.shape for im in images}
   if len(shapes) != 1:
     raise ValueError(f"{path}: images differ in size {sorted(shapes)[:3]}; "
@@ -446,8 +437,9 @@ def _tiered_from_pickle(path: Path, labels_pkl: Path, split: str,
   else:
     encoded = dd.load_pickle(path)
     images = np.stack([
-        _decode_rgb(np.asarray(e, np.uint8).tobytes(), f"{path}[{i}]",
-                    image_size) for i, e in enumerate(encoded)])
+        decode_image(np.asarray(e, np.uint8).tobytes(), f"{path}[{i}]",
+                     mode="RGB", size=image_size)
+        for i, e in enumerate(encoded)])
   if images.shape[0] != specific.shape[0]:
     raise ValueError(f"{path} has {images.shape[0]} images but {labels_pkl} "
                      f"labels {specific.shape[0]}")
@@ -476,7 +468,8 @@ def _tiered_from_folders(path: Path, csv_path: Path, split: str,
                    if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
       raise ValueError(f"{path / w} holds no images")
-    images += [_decode_rgb(p.read_bytes(), str(p), image_size) for p in files]
+    images += [decode_image(p.read_bytes(), str(p), mode="RGB",
+                            size=image_size) for p in files]
     labels += [i] * len(files)
   shapes = {im.shape for im in images}
   if len(shapes) != 1:

@@ -25,26 +25,29 @@ Sources (``load_omniglot(source=...)``):
 Classes are ordered by Omniglot id (background 1..964, then evaluation
 965..1623), so every source gives the same row for the same character.
 
-Resizing 105 -> ``size`` is ``jax.image.resize`` semantics (separable
-``method`` kernel, antialiased when shrinking), computed as ``A @ X @ B^T``
-with the resize matrices ``A``, ``B`` so it runs in numpy over all 32,460
-images in a few seconds. The result is cached as ``.npy`` (see
+PNGs are decoded by :func:`metajax.data.images.decode_image`, the decoder
+all loaders share. Resizing 105 -> ``size`` is ``jax.image.resize``
+semantics (separable ``method`` kernel, antialiased when shrinking), computed
+as ``A @ X @ B^T`` with the resize matrices ``A``, ``B`` so it runs in numpy
+over all 32,460 images in a few seconds (:func:`metajax.data.images.resize`,
+re-exported here as :func:`resize`). The result is cached as ``.npy`` (see
 :mod:`metajax.data.datadir`), so the second load is a ``np.load``.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
-import io
 import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from metajax.data import datadir as dd
+# ``resize`` and ``resize_matrix`` live with the decoder they serve (Lake's
+# runs resize the same way); re-exported so ``omniglot.resize`` keeps working.
+from metajax.data.images import (  # noqa: F401  (re-exports)
+    decode_image, resize, resize_ink, resize_matrix, to_ink)
 
 SETS = ("background", "evaluation", "background_small1", "background_small2")
 SOURCES = ("auto", "original", "npz", "tfds")
@@ -117,64 +120,6 @@ class OmniglotData:
           f"{len(missing)} character(s) not in this Omniglot data (loaded "
           f"sets: {sorted(set(self.set_name.tolist()))}), e.g. {missing[:3]}")
     return np.array([table[n] for n in names], np.int64)
-
-
-# -- resizing ------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)
-def resize_matrix(n_in: int, n_out: int, method: str = "linear",
-                  antialias: bool = True) -> np.ndarray:
-  """``(n_out, n_in)`` matrix ``A`` with ``resize(x)[i] = sum_j A[i, j] x[j]``.
-
-  The rows of ``jax.image.resize`` applied to the identity, so resizing with
-  it matches ``jax.image.resize(x, ..., method, antialias)`` exactly.
-  """
-  import jax
-  import jax.numpy as jnp
-  eye = jnp.eye(n_in, dtype=jnp.float32)
-  return np.asarray(jax.image.resize(eye, (n_out, n_in), method=method,
-                                     antialias=antialias), np.float32)
-
-
-def resize(images: np.ndarray, size, *, method: str = "linear",
-           antialias: bool = True) -> np.ndarray:
-  """Resizes ``(..., H, W)`` float images to ``(..., h, w)``.
-
-  ``size`` is ``h`` (square) or ``(h, w)``; ``None`` or the current size
-  returns the images unchanged (as float32).
-  """
-  images = np.asarray(images, np.float32)
-  h_in, w_in = images.shape[-2:]
-  if size is None:
-    return images
-  h, w = (size, size) if np.isscalar(size) else tuple(size)
-  if (h, w) == (h_in, w_in):
-    return images
-  if h < 1 or w < 1:
-    raise ValueError(f"image size must be positive, got {(h, w)}")
-  a = resize_matrix(h_in, h, method, antialias)
-  b = resize_matrix(w_in, w, method, antialias)
-  return np.matmul(np.matmul(a, images), b.T)
-
-
-def _ink(gray: np.ndarray) -> np.ndarray:
-  """Ink image in [0, 1] (1 = stroke) from a grayscale/bool page image."""
-  g = np.asarray(gray)
-  if g.dtype == bool:
-    return (~g).astype(np.float32)
-  return 1.0 - g.astype(np.float32) / 255.0
-
-
-def _ink_resized(ink: np.ndarray, size, method: str) -> np.ndarray:
-  # Resize weights sum to one, so values stay in [0, 1] up to rounding.
-  return np.clip(resize(ink, size, method=method), 0.0, 1.0)
-
-
-def _decode_png(data: bytes, where: str) -> np.ndarray:
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert("L"))
-  except Exception as e:  # PIL raises many types for broken files
-    raise ValueError(f"{where} is not a readable PNG image ({e})") from e
 
 
 # -- the original layout -------------------------------------------------------
@@ -256,9 +201,9 @@ def read_archive(path, *, size=28, method: str = "linear",
         raise ValueError(
             f"{path}: character {key[0]}/{key[1]} has {len(items)} images "
             f"(drawers {drawers}); expected {want} distinct drawers")
-      ink = np.stack([_ink(_decode_png(arc.read(m), f"{path}:{m}"))
+      ink = np.stack([to_ink(decode_image(arc.read(m), f"{path}:{m}"))
                       for _, _, m in items])
-      out.append(_ink_resized(ink, size, method))
+      out.append(resize_ink(ink, size, method))
       ids.append(items[0][1])
   finally:
     arc.close()
@@ -340,7 +285,7 @@ def read_npz(npz_path, index_path, set_name: str, *, size=28,
     raise ValueError(
         f"{index_path} lists {len(rows)} '{set_name}' rows but {npz_path} has "
         f"{raw.shape[0]} classes; the index does not belong to this file")
-  out = [_ink_resized(_ink(raw[i:i + chunk]), size, method)
+  out = [resize_ink(to_ink(raw[i:i + chunk]), size, method)
          for i in range(0, raw.shape[0], chunk)]
   return OmniglotData(
       images=np.concatenate(out)[..., None],
@@ -409,7 +354,7 @@ def read_tfds(set_name: str, *, size=28, method: str = "linear",
       raise ValueError(
           f"TFDS omniglot split '{split}': label {lab} has "
           f"{len(by_label[lab])} images, expected {want}")
-    out.append(_ink_resized(_ink(np.stack(by_label[lab])), size, method))
+    out.append(resize_ink(to_ink(np.stack(by_label[lab])), size, method))
 
   def alphabet(lab):
     # A builder restored from its metadata names labels 'Alphabet_k'; a mocked

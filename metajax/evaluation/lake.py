@@ -12,7 +12,6 @@ their modified-Hausdorff baseline, :func:`modified_hausdorff_matcher`,
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+from metajax.data.images import decode_image, resize_ink, to_ink
 from metajax.evaluation import stats
 from metajax.evaluation.harness import _jsonable
 
@@ -68,17 +67,6 @@ class LakeResult:
   def __str__(self) -> str:
     return (f"Lake 20-way one-shot: {self.mean_error:.2f}% error +- "
             f"{self.ci95:.2f} over {len(self.errors)} runs")
-
-
-def _read_image(data: bytes, where: str, size, method: str) -> np.ndarray:
-  from metajax.data.omniglot import resize  # shared resize (jax semantics)
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      gray = np.asarray(im.convert("L"), np.float32)
-  except Exception as e:
-    raise ValueError(f"{where} is not a readable image ({e})") from e
-  ink = 1.0 - gray / 255.0
-  return np.clip(resize(ink, size, method=method), 0.0, 1.0)[..., None]
 
 
 def load_lake_runs(path=None, *, data_dir=None, size=None,
@@ -131,8 +119,11 @@ def load_lake_runs(path=None, *, data_dir=None, size=None,
         raise ValueError(f"{path}:{label_file}: a test item is listed twice")
 
       def imgs(files):
-        return np.stack([_read_image(read(prefix + f), f"{path}:{f}", size,
-                                     method) for f in files])
+        # Same decoding, ink convention and resize as the Omniglot loaders,
+        # so a learner trained on them sees Lake's runs as it saw training.
+        ink = [to_ink(decode_image(read(prefix + f), f"{path}:{f}"))
+               for f in files]
+        return np.stack([resize_ink(x, size, method) for x in ink])[..., None]
 
       runs.append(LakeRun(
           run, imgs(trains), imgs(tests),

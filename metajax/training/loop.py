@@ -7,21 +7,27 @@ of step ``i`` depend only on the seed and ``i``: a run that is interrupted and
 resumed from a checkpoint sees exactly the tasks, and produces exactly the
 numbers, of an uninterrupted one.
 
-MAML++ trains with :func:`metajax.algorithms.maml_plus_plus.make_meta_step`, whose
-annealing schedules follow the step count.
+Every learner trains through the one :func:`~metajax.make_meta_step`; its
+schedules (MAML++) follow ``state.step``, which the checkpoint restores, so a
+resumed run continues them exactly.
+
+A sampler that cannot be traced (host-side data pipelines, or task shapes
+that change from step to step, as the GP tasks' random context sizes) runs
+with ``sampler_on_device=False``: one host call per step, each new task shape
+compiled once.
 
 ``steps_per_call`` meta-steps run inside one ``lax.scan`` per host call (few
 dispatches for tiny models such as the sinusoid MLP); after each call the
-loop checks the losses for NaN/inf, updates the progress bar and, every
-``checkpoint_every`` steps, writes a checkpoint atomically (a temporary file
-renamed over the old one, so a crash never leaves a half-written file).
+loop checks every step's loss and updated state for NaN/inf (the error names
+the first bad step, and nothing non-finite is ever checkpointed), hands the
+per-step metrics to ``on_metrics``, updates the progress bar and, every
+``checkpoint_every`` steps, writes a checkpoint atomically
+(:mod:`metajax.training.checkpoint`).
 """
 from __future__ import annotations
 
 import os
-import pathlib
-import pickle
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +39,22 @@ from metajax.core.tasks import Task
 from metajax.training.checkpoint import load_checkpoint, save_checkpoint
 
 class NonFiniteLossError(FloatingPointError):
-  """The meta-training loss became NaN or infinite."""
+  """The meta-training loss or state became NaN or infinite."""
+
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _check_positive(**values):
+  for name, v in values.items():
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
 def fit(learner: Learner,
@@ -49,29 +70,50 @@ def fit(learner: Learner,
         checkpoint_every: int = 1000,
         progress: bool = True,
         desc: str = "meta-train",
-        state: MetaState | None = None) -> tuple[MetaState, dict]:
+        state: MetaState | None = None,
+        on_metrics: MetricsCallback | None = None,
+        sampler_on_device: bool = True) -> tuple[MetaState, dict]:
   """Meta-trains ``learner`` for ``num_steps`` steps.
 
   Args:
     learner: any learner.
     optimizer: outer optax optimiser.
-    sample_tasks: ``rng -> Task`` batch (leading task axis), jittable.
+    sample_tasks: ``rng -> Task`` batch (leading task axis); jittable unless
+      ``sampler_on_device=False``.
     num_steps: total meta-steps (a resumed run continues up to this count).
     seed: seeds initialisation (``PRNGKey(seed)`` split) and task sampling.
-    steps_per_call: meta-steps compiled into one host call.
+    steps_per_call: meta-steps compiled into one host call (per-step host
+      calls with ``sampler_on_device=False``; the checks and callbacks still
+      run every ``steps_per_call`` steps).
     task_map, chunk_size: see :func:`~metajax.make_meta_step`.
     checkpoint_dir: if given, resume from its checkpoint when present and
       write one every ``checkpoint_every`` steps and at the end.
+    checkpoint_every: steps between checkpoints.
     progress: show a tqdm progress bar.
+    desc: the progress bar's label.
     state: start from this state instead of a fresh initialisation.
+    on_metrics: called after every host call as ``on_metrics(first_step,
+      metrics)``, ``metrics`` mapping each name to a NumPy array of per-step
+      values for steps ``first_step, first_step + 1, ...`` (e.g. a
+      :class:`metajax.experiment.metrics_log.MetricsLog`).
+    sampler_on_device: whether ``sample_tasks`` is traced into the compiled
+      chunk (fast) or called on the host every step.
 
   Returns:
     ``(state, history)``; ``history`` maps each metric name to an array of
     per-step values (length ``num_steps``).
 
   Raises:
-    NonFiniteLossError: naming the first step whose loss is NaN or inf.
+    ValueError: a non-positive ``steps_per_call``/``checkpoint_every``, a
+      negative ``num_steps``, or a bad first task batch (before any work).
+    NonFiniteLossError: naming the first step whose loss or updated
+      parameters/optimiser state are NaN or inf; the last checkpoint written
+      is the last good one.
   """
+  _check_positive(steps_per_call=steps_per_call,
+                  checkpoint_every=checkpoint_every)
+  if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+    raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
   example = sample_tasks(jax.random.fold_in(data_key, 0))
   learner.check(example)
@@ -87,50 +129,77 @@ def fit(learner: Learner,
       history = {k: [v] for k, v in hist.items()}
       done = int(state.step)
 
-  from metajax.algorithms import maml_plus_plus
-  factory = (maml_plus_plus.make_meta_step
-             if isinstance(learner, maml_plus_plus.MAMLPlusPlus)
-             else make_meta_step)
-  step = factory(learner, optimizer, task_map=task_map, chunk_size=chunk_size,
-                 check=False).jitted
+  step = make_meta_step(learner, optimizer, task_map=task_map,
+                        chunk_size=chunk_size, check=False).jitted
 
-  def run_chunk(state, n):
-    def body(state, _):
-      tasks = sample_tasks(jax.random.fold_in(data_key, state.step))
-      return step(state, tasks)
-    return jax.lax.scan(body, state, None, length=n)
+  def checked_step(state, tasks):
+    state, metrics = step(state, tasks)
+    metrics = dict(metrics)
+    metrics["_state_finite"] = _all_finite((state.params, state.opt_state))
+    return state, metrics
 
-  run_chunk = jax.jit(run_chunk, static_argnums=1)
+  if sampler_on_device:
+    def device_chunk(state, n):
+      def body(state, _):
+        return checked_step(
+            state, sample_tasks(jax.random.fold_in(data_key, state.step)))
+      return jax.lax.scan(body, state, None, length=n)
+
+    run_chunk = jax.jit(device_chunk, static_argnums=1)
+  else:
+    host_step = jax.jit(checked_step)
+
+    def run_chunk(state, n):
+      rows = []
+      for i in range(n):
+        tasks = sample_tasks(jax.random.fold_in(data_key, done + i))
+        learner.check(tasks)
+        state, m = host_step(state, tasks)
+        rows.append(m)
+      return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *rows)
 
   bar = None
   if progress:
     from tqdm.auto import tqdm
     bar = tqdm(total=num_steps, initial=done, desc=desc, dynamic_ncols=True)
   next_ckpt = (done // checkpoint_every + 1) * checkpoint_every
-  while done < num_steps:
-    # Chunks end on checkpoint boundaries so a resume reproduces them.
-    n = min(steps_per_call, num_steps - done)
-    if checkpoint_dir is not None:
-      n = min(n, next_ckpt - done)
-    state, metrics = run_chunk(state, n)
-    metrics = jax.device_get(metrics)
-    bad = ~np.isfinite(metrics["loss"])
-    if bad.any():
-      first = done + int(np.argmax(bad))
-      raise NonFiniteLossError(
-          f"meta-training loss is {metrics['loss'][np.argmax(bad)]} at step "
-          f"{first}; lower the learning rates, check the data for NaNs, or "
-          "use first-order meta-gradients")
-    for k, v in metrics.items():
-      history.setdefault(k, []).append(np.asarray(v))
-    done += n
+  try:
+    while done < num_steps:
+      # Chunks end on checkpoint boundaries so a resume reproduces them.
+      n = min(steps_per_call, num_steps - done)
+      if checkpoint_dir is not None:
+        n = min(n, next_ckpt - done)
+      new_state, metrics = run_chunk(state, n)
+      metrics = jax.device_get(metrics)
+      state_ok = np.asarray(metrics.pop("_state_finite"))
+      loss = np.asarray(metrics["loss"])
+      bad = ~(np.isfinite(loss) & state_ok)
+      if bad.any():
+        i = int(np.argmax(bad))
+        what = (f"the loss is {loss[i]}" if not np.isfinite(loss[i]) else
+                "the updated parameters or optimiser state are not finite "
+                f"(loss {loss[i]:.6g})")
+        raise NonFiniteLossError(
+            f"meta-training diverged at step {done + i}: {what}; lower the "
+            "learning rates, check the data for NaNs, or use first-order "
+            "meta-gradients" + (
+                "; the last checkpoint is the last good state"
+                if checkpoint_dir is not None else ""))
+      state = new_state
+      for k, v in metrics.items():
+        history.setdefault(k, []).append(np.asarray(v))
+      if on_metrics is not None:
+        on_metrics(done, {k: np.asarray(v) for k, v in metrics.items()})
+      done += n
+      if bar is not None:
+        bar.update(n)
+        bar.set_postfix({k: f"{float(np.mean(v)):.4g}"
+                         for k, v in metrics.items()})
+      if checkpoint_dir is not None and (done >= next_ckpt or done == num_steps):
+        save_checkpoint(checkpoint_dir, state,
+                        {k: np.concatenate(v) for k, v in history.items()})
+        next_ckpt += checkpoint_every
+  finally:
     if bar is not None:
-      bar.update(n)
-      bar.set_postfix({k: f"{float(np.mean(v)):.4g}" for k, v in metrics.items()})
-    if checkpoint_dir is not None and (done >= next_ckpt or done == num_steps):
-      save_checkpoint(checkpoint_dir, state,
-                      {k: np.concatenate(v) for k, v in history.items()})
-      next_ckpt += checkpoint_every
-  if bar is not None:
-    bar.close()
+      bar.close()
   return state, {k: np.concatenate(v) for k, v in history.items()}

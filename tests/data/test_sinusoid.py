@@ -1,5 +1,10 @@
-"""Sinusoid tasks (MAML's distribution) and the main entry point end to end."""
-import json
+"""Sinusoid tasks: MAML's task distribution.
+
+The ``experiments.sinusoid`` entry point is tested end to end in
+``tests/experiments/test_sinusoid_experiment.py``.
+"""
+from __future__ import annotations
+
 import math
 
 import jax
@@ -22,18 +27,3 @@ def test_sampler_follows_mamls_distribution():
       rtol=1e-5, atol=1e-5)
   same = sinusoid.sample_tasks(jax.random.PRNGKey(0), 2000, 10, 7)
   np.testing.assert_array_equal(same.support_x, tasks.support_x)
-
-
-def test_main_entry_point_tiny_run(tmp_path):
-  from experiments.sinusoid import main
-  results = main.main(["--tiny", "--out", str(tmp_path), "--no-progress"])
-  saved = json.loads((tmp_path / "results.json").read_text())
-  assert (tmp_path / "sinusoid.png").stat().st_size > 10_000
-  for name in ("maml", "pretrained"):
-    for k in ("K=5", "K=10"):
-      ev = saved["methods"][name]["eval"][k]
-      assert len(ev["mse_by_step"]) == 4  # steps 0..3 in the tiny config
-      assert set(ev["report"]) == {"1", "3"}
-      assert all(np.isfinite(ev["mse_by_step"])) and all(c > 0 for c in ev["ci95_by_step"])
-  assert results["methods"]["maml"]["iterations"] == 40
-  assert "cpu_count" in saved["machine"]

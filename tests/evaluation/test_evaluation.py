@@ -6,7 +6,6 @@ import functools
 import io
 import json
 import math
-import os
 import zipfile
 
 import jax
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 import metajax
-from metajax.evaluation import harness as ev
+from metajax import evaluation as ev
 from metajax.core import losses
 from metajax.data import sampler as sp
 from metajax.data import sinusoid
@@ -340,8 +339,7 @@ def test_real_lake_runs(shared_data_dir):
   assert 0.0 < r.mean_error < 95.0
 
 
-@pytest.mark.skipif(not os.environ.get("METAJAX_SLOW_TESTS"),
-                    reason="set METAJAX_SLOW_TESTS=1 (about 10-20 s)")
+@pytest.mark.slow
 def test_real_lake_modified_hausdorff_matches_published(shared_data_dir):
   """Lake's demo_classification.py: the MHD baseline gives 38.8% error."""
   r = ev.lake_one_shot(ev.modified_hausdorff_matcher,

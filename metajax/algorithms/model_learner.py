@@ -1,0 +1,116 @@
+"""The base of learners that adapt a flax model's weights: a model and a loss.
+
+MAML (and MAML++), Reptile and iMAML all hold a flax ``model`` used through
+``apply`` and a per-task ``loss``, report the same metrics (query ``loss``,
+``accuracy`` for classification, ``pre_`` metrics before adaptation) and draw
+the same adaptation curves. :class:`ModelLearner` holds exactly that and
+nothing of any method's inner loop, so each method composes the inner loop
+(:mod:`metajax.core.inner`) its own way: Reptile and iMAML are siblings of
+MAML, not subclasses that switch half of it off.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metajax.core import losses
+from metajax.core.learner import Learner
+from metajax.core.tasks import Task
+
+PRE_METRICS_ON = ("support", "query")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelLearner(Learner):
+  """A flax model plus a per-task loss; subclasses define ``adapt``.
+
+  Attributes:
+    model: a flax module ``x -> outputs`` (used through ``apply``).
+    loss: ``'mse'``, ``'cross_entropy'`` or ``(outputs, targets) -> scalar``.
+    pre_metrics_on: ``'support'`` (MAML's convention: loss before adaptation
+      on the support set, nearly free) or ``'query'`` (one more forward pass).
+    ways: classes per task (classification), checked against ``model``'s
+      outputs and the labels.
+  """
+  model: nn.Module
+  loss: str | Callable = "mse"
+  pre_metrics_on: str = dataclasses.field(default="support", kw_only=True)
+  ways: int | None = dataclasses.field(default=None, kw_only=True)
+
+  def __post_init__(self):
+    if self.pre_metrics_on not in PRE_METRICS_ON:
+      raise ValueError(
+          f"pre_metrics_on must be one of {PRE_METRICS_ON}, got "
+          f"{self.pre_metrics_on!r}")
+    losses.get(self.loss)  # an unknown loss name fails at construction
+
+  @property
+  def loss_fn(self) -> Callable:
+    return losses.get(self.loss)
+
+  @property
+  def classification(self) -> bool:  # type: ignore[override]
+    return self.loss == "cross_entropy" or self.loss is losses.cross_entropy
+
+  @property
+  def num_outputs(self):
+    return getattr(self.model, "num_outputs", None)
+
+  @property
+  def default_eval_steps(self) -> int:
+    """Inner steps of :meth:`evaluate` when none are given."""
+    return 0
+
+  def apply(self, model_params, x):
+    """The model's outputs for inputs ``x`` under ``model_params``."""
+    return self.model.apply({"params": model_params}, x)
+
+  def support_loss(self, model_params, x, y):
+    return self.loss_fn(self.apply(model_params, x), y)
+
+  def metrics(self, outputs, y, prefix=""):
+    m = {prefix + "loss": self.loss_fn(outputs, y)}
+    if self.classification:
+      m[prefix + "accuracy"] = losses.accuracy(outputs, y)
+    return m
+
+  def pre_metrics(self, model_params, task: Task) -> dict:
+    """``pre_loss`` (and ``pre_accuracy``) of the unadapted model, without
+    gradient, on the set named by ``pre_metrics_on``."""
+    x, y = ((task.support_x, task.support_y) if self.pre_metrics_on == "support"
+            else (task.query_x, task.query_y))
+    return jax.lax.stop_gradient(self.metrics(
+        self.apply(jax.lax.stop_gradient(model_params), x), y, prefix="pre_"))
+
+  def query_metrics_after(self, params, trajectory, task: Task) -> dict:
+    """Query metrics of each point of ``trajectory`` (a leading step axis);
+    subclasses with per-step model parameters override this."""
+    del params
+    return jax.lax.map(
+        lambda p: self.metrics(self.apply(p, task.query_x), task.query_y),
+        trajectory)
+
+  def initial_query_metrics(self, params, task: Task) -> dict:
+    return self.metrics(self.apply(params["model"], task.query_x),
+                        task.query_y)
+
+  def evaluate(self, params, task: Task, *, steps=None):
+    """Query metrics after 0, 1, ..., ``steps`` inner steps.
+
+    Returns a dict of arrays of length ``steps + 1`` (``loss`` and, for
+    classification, ``accuracy``); ``steps`` defaults to
+    :attr:`default_eval_steps`.
+    """
+    steps = self.default_eval_steps if steps is None else steps
+    first = self.initial_query_metrics(params, task)
+    if not steps:
+      return jax.tree_util.tree_map(lambda a: a[None], first)
+    _, trajectory = self.adapt(params, task.support_x, task.support_y,
+                               steps=steps, return_trajectory=True)
+    per_step = self.query_metrics_after(params, trajectory, task)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.concatenate([a[None], b]), first, per_step)

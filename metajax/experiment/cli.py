@@ -1,0 +1,121 @@
+"""The command line every experiment's ``main.py`` shares.
+
+``main.py`` is one call::
+
+  def main(argv=None):
+    return cli.run(argv, configs_module=configs,
+                   train_and_evaluate=train_and_evaluate,
+                   default_workdir="runs/sinusoid",
+                   description=__doc__)
+
+and ``python -m experiments.sinusoid --config tiny --set seed=3`` then builds
+the variant, applies the overrides, validates, prepares the workdir (refusing
+one that holds a run of another config) and only then calls
+``train_and_evaluate(config, workdir, data_dir=..., progress=...)``. Every
+user error surfaces before any work starts, as one ``error:`` line and exit
+status 2, the way argparse reports a bad flag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+from metajax.experiment import config as config_lib
+from metajax.experiment import workdir as workdir_lib
+
+
+def make_parser(configs_module, *, default_workdir: str, description: str,
+                prog: str | None = None) -> argparse.ArgumentParser:
+  """The parser of the shared flags (without an experiment's extra flags)."""
+  variants = getattr(configs_module, "VARIANTS", {})
+  parser = argparse.ArgumentParser(
+      prog=prog, description=description, allow_abbrev=False,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument(
+      "--config", default="default", metavar="NAME",
+      help=f"named config variant: {', '.join(variants)} (default: default)")
+  parser.add_argument(
+      "--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+      help="override one config field, dotted for nested configs (e.g. "
+      "--set seed=3 --set learner.meta_lr=5e-4); repeatable")
+  parser.add_argument(
+      "--workdir", default=default_workdir, metavar="DIR",
+      help="run folder: config, checkpoints, metrics, results; rerunning "
+      "with the same config resumes (default: %(default)s)")
+  parser.add_argument(
+      "--fresh", action="store_true",
+      help="delete the previous run in --workdir and start over")
+  parser.add_argument(
+      "--data-dir", default=None, metavar="DIR",
+      help="where the data sets are (default: the experiment's own default)")
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no progress bars")
+  parser.add_argument(
+      "--print-config", action="store_true",
+      help="print the resolved config as JSON and exit without running")
+  return parser
+
+
+def run(argv: Sequence[str] | None, *, configs_module,
+        train_and_evaluate: Callable[..., Any], default_workdir: str,
+        description: str,
+        extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+        raise_errors: bool = False, prog: str | None = None) -> Any:
+  """Parses ``argv``, prepares the run and calls ``train_and_evaluate``.
+
+  Args:
+    argv: the arguments (without the program name); ``None`` reads
+      ``sys.argv``.
+    configs_module: a module with ``VARIANTS: dict[str, () -> Config]``.
+    train_and_evaluate: called as ``train_and_evaluate(config, workdir,
+      data_dir=..., progress=..., **extras)`` with the final config, the
+      prepared workdir (a path), ``--data-dir`` as a path or ``None``, and
+      the values of the flags ``extra_flags`` added, by their ``dest``.
+    default_workdir: ``--workdir`` when not given.
+    description: the ``--help`` text.
+    extra_flags: adds experiment-specific flags to the parser.
+    raise_errors: raise :class:`~metajax.experiment.config.ConfigError` and
+      :class:`~metajax.experiment.workdir.WorkdirError` instead of exiting
+      (for tests and programmatic use).
+    prog: the program name shown in usage and errors.
+
+  Returns:
+    What ``train_and_evaluate`` returns, or ``None`` with ``--print-config``.
+
+  Raises:
+    SystemExit: status 2 for a bad flag, config key, value, variant or a
+      workdir that holds a run of another config (unless ``raise_errors``).
+  """
+  parser = make_parser(configs_module, default_workdir=default_workdir,
+                       description=description, prog=prog)
+  shared = set(vars(parser.parse_args([])))
+  if extra_flags is not None:
+    extra_flags(parser)
+  args = parser.parse_args(argv)
+  extra = {k: v for k, v in vars(args).items() if k not in shared}
+
+  def fail(error: Exception):
+    if raise_errors:
+      raise error
+    parser.error(str(error))
+
+  try:
+    cfg = config_lib.load_variant(configs_module, args.config)
+    cfg = config_lib.override(cfg, args.set)
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    return fail(e)
+  config_dict = config_lib.to_dict(cfg)
+  if args.print_config:
+    print(json.dumps(config_dict, indent=2, sort_keys=True))
+    return None
+  try:
+    workdir = workdir_lib.prepare(args.workdir, config_dict, fresh=args.fresh)
+  except workdir_lib.WorkdirError as e:
+    return fail(e)
+  data_dir = None if args.data_dir is None else pathlib.Path(args.data_dir)
+  return train_and_evaluate(cfg, workdir, data_dir=data_dir,
+                            progress=not args.no_progress,
+                            **extra)
