@@ -5,6 +5,8 @@ import numpy as np
 import optax
 import pytest
 
+import metajax as mj
+
 from metajax.core import learner as learner_lib
 from metajax import models
 from metajax.core import task_map
@@ -141,8 +143,6 @@ def test_meta_training_lowers_loss_and_evaluate_uses_eval_protocol():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(learn_inner_lr="scalar"), "learn_inner_lr"),
-    (dict(first_order=True), "first-order"),
     (dict(inner_optimizer="rmsprop"), "unknown inner optimizer"),
     (dict(inner_optimizer=3), "inner_optimizer must be"),
     (dict(inner_batch_size=0), "inner_batch_size"),
@@ -160,3 +160,13 @@ def test_paper_defaults():
   assert Reptile.PAPER_OUTER["miniimagenet_5way_1shot"]["train_shots"] == 15
   with pytest.raises(ValueError, match="unknown paper setting"):
     Reptile.paper(models.Conv4(), "cifar")
+
+
+@pytest.mark.parametrize("field", ["learn_inner_lr", "first_order"])
+def test_maml_only_fields_are_not_reptiles(field):
+  # Reptile shares MAML's inner loop, not MAML: no derivative order or
+  # learned rates to switch off.
+  with pytest.raises(TypeError, match=field):
+    Reptile(models.MLP(), **{field: "scalar" if field == "learn_inner_lr"
+                             else True})
+  assert not isinstance(Reptile(models.MLP()), mj.MAML)

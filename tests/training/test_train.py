@@ -73,12 +73,24 @@ def test_fit_follows_maml_plus_plus_schedules():
   opt = optax.adam(1e-3)
   state, hist = train.fit(learner, opt, SAMPLE, num_steps=6, seed=0,
                           steps_per_call=4, progress=False)
-  # The same run stepped by hand with MAML++'s own (phase-switching) step.
+  # The same run stepped by hand with the generic meta-step, and by the
+  # learner at Python-int iterations (phase and weights fixed on the host).
   init_key, data_key = jax.random.split(jax.random.PRNGKey(0))
-  ref = mj.init_state(learner, opt, init_key,
-                      jax.tree_util.tree_map(lambda a: a[0], SAMPLE(jax.random.fold_in(data_key, 0))))
-  step = mpp.make_meta_step(learner, opt)
+  example = jax.tree_util.tree_map(
+      lambda a: a[0], SAMPLE(jax.random.fold_in(data_key, 0)))
+  ref = mj.init_state(learner, opt, init_key, example)
+  host = ref
+  step = mj.make_meta_step(learner, opt)
   for i in range(6):
-    ref, _ = step(ref, SAMPLE(jax.random.fold_in(data_key, i)))
-  for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref.params)):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    tasks = SAMPLE(jax.random.fold_in(data_key, i))
+    ref, _ = step(ref, tasks)
+    (_, _), g = learner.meta_grad(host.params, tasks, iteration=i)
+    updates, opt_state = opt.update(g, host.opt_state, host.params)
+    host = mj.MetaState(optax.apply_updates(host.params, updates), opt_state,
+                        host.step + 1)
+  for other in (ref, host):
+    for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                    jax.tree_util.tree_leaves(other.params)):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+  # the schedule went through both derivative orders and both loss forms
+  assert learner.phase(0) == (True, True) and learner.phase(5) == (False, False)
