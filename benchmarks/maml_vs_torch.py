@@ -74,7 +74,7 @@ else:
 learner = mj.MAML(model, loss=loss, inner_steps=cfg["inner_steps"],
                   inner_lr=cfg["inner_lr"], first_order=cfg["order"] == 1)
 opt = optax.adam(1e-3)
-state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.core.tasks.task_slice(tasks, 0))
+state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map=task_map,
                          chunk_size=1 if task_map == "map" else None, check=False)
 extra = {"task_map": task_map}

@@ -39,7 +39,7 @@ tasks = mj.Task(jax.random.normal(k1, (1, w * k, 28, 28, 1)), lab(k),
                 jax.random.normal(k2, (1, w * q, 28, 28, 1)), lab(q))
 learner = mj.ProtoNet(Conv4(None, filters=cfg["model"]["hidden"]), embedding="joint", ways=w)
 opt = optax.adam(1e-3)
-state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.core.tasks.task_slice(tasks, 0))
+state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map="map", chunk_size=1, check=False)
 extra = {}
 ''' + TIME_STEPS

@@ -14,41 +14,31 @@ input (the query set):
 below by 0.1 so the likelihood cannot collapse onto the context points.
 There is no inner loop: :meth:`CNP.adapt` is the encoder and aggregation,
 :meth:`CNP.predict` the decoder. Default sizes follow DeepMind's
-neural-processes notebook (``PAPER_DEFAULTS['gp_1d']``): encoder
-``[128] * 4``, decoder ``[128] * 2`` then ``2 * y_dim`` outputs; Adam at
-1e-4, batches of 64 GP tasks (``PAPER_OUTER``, :mod:`metajax.data.gp`).
+neural-processes notebook (``metajax.configs.get('cnp', 'gp_1d')``, with its
+sources): encoder ``[128] * 4``, decoder ``[128] * 2`` then ``2 * y_dim``
+outputs; Adam at 1e-4, batches of 64 GP tasks (its ``outer``,
+:mod:`metajax.data.gp`).
 
-:func:`plot_predictions` draws the predictive mean and a +-2 sigma band
-against the ground truth and the context points into a PNG.
+Figures of the predictive mean and its band are drawn by
+:func:`metajax.evaluation.plots.plot_predictions`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax import configs
 from metajax.core.learner import Learner
 from metajax.core.tasks import Task
 
-# Garnelo et al. (2018), Sec. 4.1, and DeepMind's neural-processes notebook
-# (1-D GP regression, metajax.data.gp): encoder [128] * 4, decoder
-# [128] * 2 + [2], sigma = 0.1 + 0.9 softplus.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gp_1d": dict(encoder_sizes=(128, 128, 128, 128), decoder_sizes=(128, 128),
-                  min_std=0.1),
-}
-# Outer loop: Adam at 1e-4, batches of 64 functions, 2e5 iterations, at most
-# 10 context points (random counts, targets include the context).
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "gp_1d": dict(optimizer="adam", meta_lr=1e-4, meta_batch=64,
-                  meta_iters=200_000, max_context=10),
-}
-_GP = PAPER_DEFAULTS["gp_1d"]
+# The class defaults are the paper's (notebook's) sizes.
+_GP = configs.get("cnp", "gp_1d").learner
 
 
 class Normal(NamedTuple):
@@ -126,25 +116,6 @@ class CNP(Learner):
   min_std: float = _GP["min_std"]
 
   classification = False
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-
-  @classmethod
-  def paper(cls, model=None, setting: str | None = None, **overrides):
-    """The CNP with the paper's sizes for ``setting`` (default ``'gp_1d'``).
-
-    ``model`` is accepted for the registry's ``factory(model, **kw)``
-    signature and must be ``None``: the CNP builds its own networks.
-    """
-    if model is not None:
-      raise ValueError(
-          "CNP builds its own encoder and decoder; pass encoder_sizes / "
-          "decoder_sizes instead of a model")
-    setting = "gp_1d" if setting is None else setting
-    if setting not in PAPER_DEFAULTS:
-      raise ValueError(f"unknown paper setting {setting!r} for CNP; choose "
-                       f"one of {sorted(PAPER_DEFAULTS)}")
-    return cls(**{**PAPER_DEFAULTS[setting], **overrides})
 
   def __post_init__(self):
     if not self.encoder_sizes:
@@ -203,62 +174,3 @@ class CNP(Learner):
     del steps
     _, m = self.task_loss(params, task)
     return jax.tree_util.tree_map(lambda a: a[None], m)
-
-
-def plot_predictions(path, target_x, target_y, context_x, context_y, mean,
-                     stddev, *, title: str | None = None, num_std: float = 2.0):
-  """Saves a PNG of one task's predictive mean +- ``num_std`` sigma.
-
-  Draws the ground truth at the targets (black), the context points (dots),
-  the predictive mean (blue) and its uncertainty band, with matplotlib's Agg
-  backend (no display needed).
-
-  Args:
-    path: output file (``.png``).
-    target_x, target_y, mean, stddev: ``(N, 1)`` or ``(N,)`` arrays of one
-      task.
-    context_x, context_y: ``(n, 1)`` or ``(n,)``.
-    title: optional axes title.
-    num_std: half-width of the band in standard deviations.
-
-  Returns:
-    ``path``.
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  def flat(name, a):
-    a = np.asarray(a, np.float64)
-    if a.ndim == 2 and a.shape[1] == 1:
-      a = a[:, 0]
-    if a.ndim != 1:
-      raise ValueError(f"{name} must be (N,) or (N, 1) for a 1-D plot, got "
-                       f"shape {a.shape}")
-    return a
-
-  tx, ty, mu, sd = (flat(n, a) for n, a in (
-      ("target_x", target_x), ("target_y", target_y), ("mean", mean),
-      ("stddev", stddev)))
-  cx, cy = flat("context_x", context_x), flat("context_y", context_y)
-  if not len(tx) == len(ty) == len(mu) == len(sd):
-    raise ValueError(
-        f"target_x/target_y/mean/stddev lengths differ: {len(tx)}/{len(ty)}/"
-        f"{len(mu)}/{len(sd)}")
-  if len(cx) != len(cy):
-    raise ValueError(f"context_x has {len(cx)} points, context_y {len(cy)}")
-  order = np.argsort(tx)
-  tx, ty, mu, sd = tx[order], ty[order], mu[order], sd[order]
-  fig = Figure(figsize=(6, 4), dpi=100)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
-  ax.plot(tx, ty, "k:", linewidth=2, label="ground truth")
-  ax.plot(cx, cy, "ko", markersize=6, label="context")
-  ax.plot(tx, mu, "b", linewidth=2, label="predictive mean")
-  ax.fill_between(tx, mu - num_std * sd, mu + num_std * sd, alpha=0.25,
-                  facecolor="#65c9f7", label=f"+-{num_std:g} sigma")
-  ax.legend(loc="upper right", fontsize="small")
-  if title:
-    ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path

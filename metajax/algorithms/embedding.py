@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -120,31 +120,6 @@ class EmbeddingLearner(Learner):
   ways: int | None = None
 
   classification = True
-  #: paper settings: name -> constructor keyword arguments.
-  PAPER_DEFAULTS: ClassVar[dict] = {}
-  #: paper settings: name -> outer-loop hyperparameters (not constructor
-  #: arguments: optimiser, learning rate, episodes at meta-training).
-  PAPER_OUTER: ClassVar[dict] = {}
-  DEFAULT_SETTING: ClassVar[str | None] = None
-
-  @classmethod
-  def paper(cls, model: nn.Module | None = None, setting: str | None = None,
-            **overrides):
-    """The learner with the paper's hyperparameters for ``setting``.
-
-    ``model`` defaults to the class's default backbone; ``overrides`` replace
-    single constructor arguments. Raises ``ValueError`` for an unknown
-    setting.
-    """
-    setting = cls.DEFAULT_SETTING if setting is None else setting
-    if setting not in cls.PAPER_DEFAULTS:
-      raise ValueError(
-          f"unknown paper setting {setting!r} for {cls.__name__}; choose one "
-          f"of {sorted(cls.PAPER_DEFAULTS)}")
-    kw = {**cls.PAPER_DEFAULTS[setting], **overrides}
-    if model is not None:
-      kw["model"] = model
-    return cls(**kw)
 
   def __post_init__(self):
     if self.embedding not in EMBEDDINGS:

@@ -34,8 +34,9 @@ approximation). ``cg_damping`` adds ``damping * v`` to the operator (the
 authors' code uses a damped operator ``(1 + damping) v + H v / (lam +
 lam_damping)``; the default 0 is the paper's equation).
 
-Paper defaults (Sec. 5.2, Table 2): ``lam = 2.0``, 5 CG steps, 16 (5-way) or
-25 (20-way) inner GD steps on Omniglot, Adam outer optimiser; mini-ImageNet:
+Paper defaults (Sec. 5.2, Table 2; the values and their sources are in
+:mod:`metajax.configs.imaml`): ``lam = 2.0``, 5 CG steps, 16 (5-way) or 25
+(20-way) inner GD steps on Omniglot, Adam outer optimiser; mini-ImageNet:
 ``lam = 0.5``, 10 steps. The inner step size, not stated in the paper, is 0.1
 as in the hypertorch iMAML reproduction (Grazzi et al. 2020).
 """
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,19 +54,6 @@ import optax
 from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
 from metajax.core.tasks import Task
-
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omniglot_5way": dict(loss="cross_entropy", inner_steps=16, inner_lr=0.1,
-                          lam=2.0, cg_steps=5),
-    "omniglot_20way": dict(loss="cross_entropy", inner_steps=25, inner_lr=0.1,
-                           lam=2.0, cg_steps=5),
-    "miniimagenet_5way": dict(loss="cross_entropy", inner_steps=10,
-                              inner_lr=0.1, lam=0.5, cg_steps=5),
-}
-# Outer loop: Adam (the paper); learning rate and meta-batch as in the
-# hypertorch reproduction (torch's Adam default 1e-3, 16 tasks).
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    name: dict(meta_lr=1e-3, meta_batch=16) for name in PAPER_DEFAULTS}
 
 
 # -- pytree linear algebra -------------------------------------------------
@@ -183,9 +171,6 @@ class IMAML(ModelLearner):
   hvp: str = "reverse"
   inner_optimizer: optax.GradientTransformation | None = None
 
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-
   def __post_init__(self):
     super().__post_init__()
     if self.inner_steps < 0:
@@ -202,15 +187,6 @@ class IMAML(ModelLearner):
         not isinstance(self.inner_optimizer, optax.GradientTransformation)):
       raise ValueError(
           "inner_optimizer must be None or an optax.GradientTransformation")
-
-  @classmethod
-  def paper(cls, model, setting: str = "omniglot_5way", **overrides):
-    """iMAML with the paper's hyperparameters for ``setting``."""
-    if setting not in PAPER_DEFAULTS:
-      raise ValueError(
-          f"unknown paper setting {setting!r}; choose one of "
-          f"{sorted(PAPER_DEFAULTS)}")
-    return cls(model=model, **{**PAPER_DEFAULTS[setting], **overrides})
 
   # -- the inner problem -------------------------------------------------
   def proximal_loss(self, model_params, theta, x, y):

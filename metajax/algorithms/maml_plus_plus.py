@@ -51,13 +51,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax import configs
 from metajax.algorithms.maml import MAML
 from metajax.core import inner
 from metajax.core import masks as masks_lib
@@ -98,40 +99,6 @@ def msl_weights(epoch: int, steps: int, msl_epochs: int) -> np.ndarray:
   return w
 
 
-# The authors' released configurations (HowToTrainYourMAMLPytorch,
-# experiment_config/): Omniglot from omniglot_maml++-omniglot_1_8_0.1_64_{5,20}_0,
-# mini-ImageNet from mini-imagenet_maml++_mini-imagenet_5_way_{1,5}_shot_0.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omniglot_5way_1shot": dict(loss="cross_entropy", inner_steps=5,
-                                inner_lr=0.1, msl_epochs=10,
-                                first_order_epochs=0, iters_per_epoch=500),
-    "omniglot_20way_1shot": dict(loss="cross_entropy", inner_steps=5,
-                                 inner_lr=0.1, msl_epochs=10,
-                                 first_order_epochs=0, iters_per_epoch=500),
-    "miniimagenet_5way_1shot": dict(loss="cross_entropy", inner_steps=5,
-                                    inner_lr=0.01, msl_epochs=15,
-                                    first_order_epochs=11, iters_per_epoch=500),
-    "miniimagenet_5way_5shot": dict(loss="cross_entropy", inner_steps=5,
-                                    inner_lr=0.01, msl_epochs=15,
-                                    first_order_epochs=11, iters_per_epoch=500),
-}
-# Outer loop of the same configs. ``filters``: Conv4 width; ``clip``: the
-# element-wise gradient clamp the authors apply on mini-ImageNet. (The
-# released mini-ImageNet configs set min_lr = meta_lr, i.e. no decay.)
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "omniglot_5way_1shot": dict(meta_lr=1e-3, min_lr=1e-5, total_epochs=100,
-                                meta_batch=8, filters=64, clip=None),
-    "omniglot_20way_1shot": dict(meta_lr=1e-3, min_lr=1e-5, total_epochs=100,
-                                 meta_batch=8, filters=64, clip=None),
-    "miniimagenet_5way_1shot": dict(meta_lr=1e-3, min_lr=1e-3,
-                                    total_epochs=100, meta_batch=4, filters=48,
-                                    clip=10.0),
-    "miniimagenet_5way_5shot": dict(meta_lr=1e-3, min_lr=1e-3,
-                                    total_epochs=100, meta_batch=2, filters=48,
-                                    clip=10.0),
-}
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class MAMLPlusPlus(MAML):
   """MAML++ over a flax model (equations in the module docstring).
@@ -167,9 +134,6 @@ class MAMLPlusPlus(MAML):
   adapt_bn: bool = False
   norm_predicate: Callable[[str], bool] = is_norm_path
 
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-
   def __post_init__(self):
     super().__post_init__()
     if self.inner_steps < 1:
@@ -187,15 +151,6 @@ class MAMLPlusPlus(MAML):
           "per_step_bn requires adapt_bn=False: per-step batch-norm weights "
           "are meta-learned, not adapted (MAML++'s BNWB)")
 
-  @classmethod
-  def paper(cls, model, setting: str = "miniimagenet_5way_1shot", **overrides):
-    """MAML++ with the authors' hyperparameters for ``setting``."""
-    if setting not in PAPER_DEFAULTS:
-      raise ValueError(
-          f"unknown paper setting {setting!r}; choose one of "
-          f"{sorted(PAPER_DEFAULTS)}")
-    return cls(model=model, **{**PAPER_DEFAULTS[setting], **overrides})
-
   @staticmethod
   def outer_optimizer(setting: str | None = None, *, meta_lr: float = 1e-3,
                       min_lr: float = 1e-5, total_epochs: int = 100,
@@ -206,17 +161,15 @@ class MAMLPlusPlus(MAML):
     ``lr(i) = min_lr + (meta_lr - min_lr) (1 + cos(pi e / total_epochs)) / 2``
     with ``e = i // iters_per_epoch`` (torch's ``CosineAnnealingLR`` stepped
     once per epoch), after an element-wise clip to ``[-clip, clip]`` if
-    given. With a ``setting`` the authors' values (``PAPER_OUTER``) are used.
+    given. With a ``setting`` the authors' values
+    (``metajax.configs.get('mamlpp', setting)``) replace the arguments.
     """
     if setting is not None:
-      if setting not in PAPER_OUTER:
-        raise ValueError(
-            f"unknown paper setting {setting!r}; choose one of "
-            f"{sorted(PAPER_OUTER)}")
-      o = PAPER_OUTER[setting]
+      paper = configs.get("mamlpp", setting)
+      o = paper.outer
       meta_lr, min_lr, total_epochs, clip = (
           o["meta_lr"], o["min_lr"], o["total_epochs"], o["clip"])
-      iters_per_epoch = PAPER_DEFAULTS[setting]["iters_per_epoch"]
+      iters_per_epoch = paper.learner["iters_per_epoch"]
     if total_epochs < 1 or iters_per_epoch < 1:
       raise ValueError("total_epochs and iters_per_epoch must be >= 1")
 

@@ -37,26 +37,12 @@ absent from the support set).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from metajax.algorithms.embedding import EmbeddingLearner
-
-# Vinyals et al. (2016), Sec. 4.1: the Conv-4 embedding with 64 filters,
-# cosine distance, FCE on mini-ImageNet but not on Omniglot; training
-# episodes match the test episodes (N-way k-shot). The number of
-# attention-LSTM steps and the optimiser settings are not stated.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omniglot": dict(fce=False, temperature=1.0, embedding="joint"),
-    "miniimagenet": dict(fce=True, temperature=1.0, embedding="joint"),
-}
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "omniglot": dict(filters=64, train_ways_equal_test=True),
-    "miniimagenet": dict(filters=64, train_ways_equal_test=True),
-}
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array,
@@ -169,15 +155,12 @@ class MatchingNet(EmbeddingLearner):
     fce_steps: attention-LSTM steps ``K``.
     temperature: divides the cosine similarities (1: the paper).
     (``model``, ``embedding``, ``ways``: see :class:`EmbeddingLearner`;
-    ``MatchingNet.paper(model, setting)`` applies ``PAPER_DEFAULTS``.)
+    ``registry.make('matchingnet', model, setting=...)`` applies the
+    paper's settings, :mod:`metajax.configs.matching`.)
   """
   fce: bool = False
   fce_steps: int = 5
   temperature: float = 1.0
-
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-  DEFAULT_SETTING: ClassVar[str] = "omniglot"
 
   def __post_init__(self):
     super().__post_init__()

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -86,28 +85,6 @@ HEADS = ("svm", "ridge")
 BACKWARD = ("auto", "dense", "cg")
 #: ``backward='auto'`` solves densely up to this many dual variables (S m).
 DENSE_MAX = 1024
-
-# Lee et al. (2019), Sec. 4, and the reference code (kjunelee/MetaOptNet
-# train.py and models/classification_heads.py): SVM cost C = 0.1, ridge
-# lambda = 50, learned logit scale initialised at 1, label smoothing 0.1 in
-# the training loss, 5-way episodes, support and query embedded in separate
-# calls. (The paper's ResNet-12 backbone is not reproduced: pass any
-# backbone.)
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "miniimagenet": dict(ways=5, C=0.1, ridge_lambda=50.0, init_scale=1.0,
-                         label_smoothing=0.1, embedding="separate"),
-}
-# Outer loop: SGD with Nesterov momentum 0.9, weight decay 5e-4, learning
-# rate 0.1 multiplied by 0.06 / 0.012 / 0.0024 after epochs 20 / 40 / 50 of
-# 1000 batches of 8 episodes (60 epochs); 15 shots and 6 queries per class at
-# meta-training.
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "miniimagenet": dict(optimizer="sgd_nesterov", momentum=0.9,
-                         weight_decay=5e-4, meta_lr=0.1,
-                         lr_factors={20: 0.06, 40: 0.012, 50: 0.0024},
-                         batches_per_epoch=1000, epochs=60, meta_batch=8,
-                         train_ways=5, train_shots=15, train_query=6),
-}
 
 
 # -- simplex projection --------------------------------------------------------
@@ -307,8 +284,9 @@ class MetaOptNet(EmbeddingLearner):
     init_scale: initial learned logit scale.
     (``model``, ``ways``: see :class:`EmbeddingLearner`; ``embedding``
     defaults to ``'separate'`` as in the reference code;
-    ``MetaOptNet.paper(model, setting, head=...)`` applies
-    ``PAPER_DEFAULTS``.)
+    ``registry.make('metaoptnet' or 'metaoptnet_ridge', model,
+    setting=...)`` applies the paper's settings,
+    :mod:`metajax.configs.metaoptnet`.)
   """
   embedding: str = "separate"
   head: str = "svm"
@@ -321,10 +299,6 @@ class MetaOptNet(EmbeddingLearner):
   jitter: float = 1e-6
   label_smoothing: float = 0.1
   init_scale: float = 1.0
-
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-  DEFAULT_SETTING: ClassVar[str] = "miniimagenet"
 
   def __post_init__(self):
     super().__post_init__()

@@ -18,7 +18,6 @@ described in :mod:`metajax.algorithms.embedding`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -26,30 +25,6 @@ import jax.numpy as jnp
 from metajax.algorithms.embedding import (EmbeddingLearner, HeadState,
                                           class_counts, default_backbone,
                                           mask_absent, smoothed_cross_entropy)
-
-# Snell et al. (2017), Sec. 3, and the official code
-# (jakesnell/prototypical-networks): Conv-4 with 64 filters on both datasets,
-# support and query embedded together, more ways at meta-training than at
-# meta-test. ``ways`` is the training way count, which also bounds the ways
-# of any test task (absent classes are masked).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omniglot": dict(ways=60, embedding="joint"),
-    "miniimagenet_1shot": dict(ways=30, embedding="joint"),
-    "miniimagenet_5shot": dict(ways=20, embedding="joint"),
-}
-# Outer loop: Adam at 1e-3 halved every 2000 episodes, one episode per step;
-# training shots equal the test shots; queries per class at training.
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "omniglot": dict(optimizer="adam", meta_lr=1e-3, lr_decay=0.5,
-                     lr_decay_every=2000, meta_batch=1, train_ways=60,
-                     train_query=5, filters=64),
-    "miniimagenet_1shot": dict(optimizer="adam", meta_lr=1e-3, lr_decay=0.5,
-                               lr_decay_every=2000, meta_batch=1,
-                               train_ways=30, train_query=15, filters=64),
-    "miniimagenet_5shot": dict(optimizer="adam", meta_lr=1e-3, lr_decay=0.5,
-                               lr_decay_every=2000, meta_batch=1,
-                               train_ways=20, train_query=15, filters=64),
-}
 
 
 def prototypes(features: jax.Array, labels: jax.Array, num_classes: int):
@@ -93,13 +68,9 @@ class ProtoNet(EmbeddingLearner):
   The head (per task state) is ``(prototypes (C, D), counts (C,))``. Any
   ways and shots may differ between meta-training and meta-test; see the
   module docstring for ``ways`` and ``embedding`` (default ``'joint'``, as in
-  the reference code). ``ProtoNet.paper(model, setting)`` applies the
-  paper's settings (``PAPER_DEFAULTS``; outer loop in ``PAPER_OUTER``).
+  the reference code). ``registry.make('protonet', model, setting=...)``
+  applies the paper's settings (:mod:`metajax.configs.protonet`).
   """
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-  DEFAULT_SETTING: ClassVar[str] = "omniglot"
-
   def fit_head(self, params, features, labels, num_classes, *, training=True):
     del params, training
     return prototypes(features, labels, num_classes)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,29 +38,6 @@ import jax.scipy.linalg
 from metajax.algorithms.embedding import EmbeddingLearner, mask_absent
 
 FORMS = ("woodbury", "primal")
-
-# Bertinetto et al. (2019), Sec. 4, and the reference scripts
-# (bertinetto/r2d2 scripts/train/experiments.sh, conf/fewshots.yaml): lambda
-# initialised at 50, output offset at 0 and scale at 1e-4 (mini-ImageNet) or
-# 10 (CIFAR-FS, Omniglot); meta-trained with more ways than tested (16, 20,
-# 60), which ``ways`` bounds; support and query embedded in one call. The
-# paper's backbone (4 conv blocks of 96-192-384-512 filters, features of
-# the last two blocks concatenated) is not reproduced: pass any backbone.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "miniimagenet": dict(ways=16, init_lambda=50.0, init_scale=1e-4,
-                         init_bias=0.0, embedding="joint"),
-    "cifar_fs": dict(ways=20, init_lambda=50.0, init_scale=10.0,
-                     init_bias=0.0, embedding="joint"),
-    "omniglot": dict(ways=60, init_lambda=50.0, init_scale=10.0,
-                     init_bias=0.0, embedding="joint"),
-}
-# Outer loop: Adam at 5e-3, halved every 20 epochs of 100 episodes; random
-# shots in [1, 10] per training episode.
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    name: dict(optimizer="adam", meta_lr=5e-3, lr_decay=0.5,
-               lr_decay_every=2000, train_ways=d["ways"], train_shots=(1, 10))
-    for name, d in PAPER_DEFAULTS.items()
-}
 
 
 def with_bias_column(x: jax.Array) -> jax.Array:
@@ -105,17 +81,14 @@ class R2D2(EmbeddingLearner):
     init_bias: initial output offset ``beta``.
     form: ``'woodbury'`` (``S x S`` solve, the paper) or ``'primal'``.
     (``model``, ``embedding``, ``ways``: see :class:`EmbeddingLearner`;
-    ``R2D2.paper(model, setting)`` applies ``PAPER_DEFAULTS``.)
+    ``registry.make('r2d2', model, setting=...)`` applies the paper's
+    settings, :mod:`metajax.configs.r2d2`.)
   """
   init_lambda: float = 50.0
   learn_lambda: bool = True
   init_scale: float = 1e-4
   init_bias: float = 0.0
   form: str = "woodbury"
-
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-  DEFAULT_SETTING: ClassVar[str] = "miniimagenet"
 
   def __post_init__(self):
     super().__post_init__()

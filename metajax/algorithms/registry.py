@@ -1,40 +1,49 @@
-"""A registry of meta-learners by name, with the papers' hyperparameters.
+"""A registry of meta-learners by name, built with the papers' hyperparameters.
 
-``make(name, model, setting=..., **overrides)`` builds a learner;
-:func:`register` adds one (``factory(model, **kwargs) -> Learner``).
-Registered here:
+``make(name, model, setting=..., **overrides)`` builds a learner: the
+constructor arguments of ``setting`` come from
+``metajax.configs.get(name, setting).learner`` (every value there names its
+source), ``overrides`` replace single ones. This is the one place that
+applies a paper setting; the outer-loop values of the same setting are
+``metajax.configs.get(name, setting).outer``. :func:`register` adds a
+learner (``factory(model, **kwargs) -> Learner``). Registered here:
 
-========== ============================================ =====================
-name       method                                       class / constructor
-========== ============================================ =====================
-maml       MAML, exact second order (Finn et al. 2017)  ``MAML``
-fomaml     first-order MAML (Finn et al. 2017)          :func:`fomaml`
-anil       ANIL, head-only inner loop (Raghu et al.     :func:`anil`
-           2020)
-metasgd    Meta-SGD, learned per-parameter inner rates  :func:`metasgd`
-           (Li et al. 2017)
-mamlpp     MAML++ (Antoniou et al. 2019)                ``MAMLPlusPlus``
-reptile    Reptile (Nichol et al. 2018)                 ``Reptile``
-imaml      iMAML (Rajeswaran et al. 2019)               ``IMAML``
-protonet   Prototypical Networks (Snell et al. 2017)    ``ProtoNet.paper``
-matchingnet Matching Networks (Vinyals et al. 2016)     ``MatchingNet.paper``
-r2d2       R2-D2 ridge head (Bertinetto et al. 2019)    ``R2D2.paper``
-metaoptnet MetaOptNet-SVM (Lee et al. 2019)             ``MetaOptNet.paper``
-metaoptnet_ridge MetaOptNet-ridge (Lee et al. 2019)     ``MetaOptNet.paper``
-cnp        Conditional Neural Process (Garnelo et al.   ``CNP.paper``
-           2018); ``model`` is ignored (pass ``None``)
-========== ============================================ =====================
+================ ================================== =========================
+name             method                             default ``setting``
+================ ================================== =========================
+maml             MAML, second order (Finn et al.    ``sinusoid_10shot``
+                 2017): ``MAML``
+fomaml           first-order MAML (Finn et al.      ``sinusoid_10shot``
+                 2017): ``MAML(first_order=True)``
+anil             ANIL, head-only inner loop (Raghu  ``sinusoid_10shot``
+                 et al. 2020): ``MAML(adapt_mask)``
+metasgd          Meta-SGD, per-parameter inner      ``sinusoid_10shot``
+                 rates (Li et al. 2017): ``MAML``
+mamlpp           MAML++ (Antoniou et al. 2019)      ``miniimagenet_5way_1shot``
+reptile          Reptile (Nichol et al. 2018)       ``omniglot_5way_1shot``
+imaml            iMAML (Rajeswaran et al. 2019)     ``omniglot_5way_1shot``
+protonet         Prototypical Networks (Snell et    ``omniglot_5way_1shot``
+                 al. 2017)
+matchingnet      Matching Networks (Vinyals et al.  ``omniglot_5way_1shot``
+                 2016)
+r2d2             R2-D2 (Bertinetto et al. 2019)     ``miniimagenet_5way_1shot``
+metaoptnet       MetaOptNet-SVM (Lee et al. 2019)   ``miniimagenet_5way_1shot``
+metaoptnet_ridge MetaOptNet-RR (Lee et al. 2019)    ``miniimagenet_5way_1shot``
+cnp              Conditional Neural Process         ``gp_1d``
+                 (Garnelo et al. 2018); ``model``
+                 must be ``None``
+================ ================================== =========================
 
-Every factory takes ``setting`` (a key of the learner's ``PAPER_DEFAULTS``,
-e.g. ``'omniglot_5way_1shot'``) and keyword overrides; the defaults of each
-setting are the paper's (see each table below / in each module, with the
-source). Outer-loop hyperparameters (meta learning rate, meta-batch,
-iterations) are in the matching ``PAPER_OUTER`` tables.
+The defaults (:data:`DEFAULT_SETTINGS`) are the cells the learners defaulted
+to before the settings moved to :mod:`metajax.configs`, so a call without
+``setting`` keeps its meaning. The embedding learners (``protonet`` ...
+``metaoptnet_ridge``) take ``model=None`` for their default backbone.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from metajax import configs
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.imaml import IMAML
 from metajax.core.learner import Learner
@@ -48,39 +57,21 @@ from metajax.algorithms.reptile import Reptile
 
 Factory = Callable[..., Learner]
 
-# MAML (Finn et al. 2017, Sec. 5 and cbfinn/maml's README commands):
-# sinusoid: 1 step, alpha = 0.01, 10 steps at test; Omniglot 5-way: 1 step,
-# alpha = 0.4; 20-way: 5 steps, alpha = 0.1; mini-ImageNet: 5 steps,
-# alpha = 0.01, 10 steps at test. (Omniglot is also tested with 10 steps.)
-# ANIL (Raghu et al. 2020) and first-order MAML use the same values.
-MAML_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sinusoid": dict(loss="mse", inner_steps=1, inner_lr=0.01,
-                     eval_inner_steps=10),
-    "omniglot_5way": dict(loss="cross_entropy", inner_steps=1, inner_lr=0.4,
-                          eval_inner_steps=10),
-    "omniglot_20way": dict(loss="cross_entropy", inner_steps=5, inner_lr=0.1,
-                           eval_inner_steps=10),
-    "miniimagenet_5way": dict(loss="cross_entropy", inner_steps=5,
-                              inner_lr=0.01, eval_inner_steps=10),
-}
-MAML_PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "sinusoid": dict(meta_lr=1e-3, meta_batch=25, meta_iters=70_000),
-    "omniglot_5way": dict(meta_lr=1e-3, meta_batch=32, meta_iters=60_000),
-    "omniglot_20way": dict(meta_lr=1e-3, meta_batch=16, meta_iters=60_000),
-    "miniimagenet_5way": dict(meta_lr=1e-3, meta_batch=4, meta_iters=60_000),
-}
-# Meta-SGD (Li et al. 2017, Sec. 4): one inner step with learned
-# per-parameter rates; the rates start at the MAML step size here (the paper
-# draws them uniformly from [0.005, 0.1] for regression).
-METASGD_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sinusoid": dict(loss="mse", inner_steps=1, inner_lr=0.01,
-                     eval_inner_steps=1),
-    "omniglot_5way": dict(loss="cross_entropy", inner_steps=1, inner_lr=0.4,
-                          eval_inner_steps=1),
-    "omniglot_20way": dict(loss="cross_entropy", inner_steps=1, inner_lr=0.1,
-                           eval_inner_steps=1),
-    "miniimagenet_5way": dict(loss="cross_entropy", inner_steps=1,
-                              inner_lr=0.01, eval_inner_steps=1),
+#: the ``setting`` each factory uses when none is given.
+DEFAULT_SETTINGS: dict[str, str] = {
+    "maml": "sinusoid_10shot",
+    "fomaml": "sinusoid_10shot",
+    "anil": "sinusoid_10shot",
+    "metasgd": "sinusoid_10shot",
+    "mamlpp": "miniimagenet_5way_1shot",
+    "reptile": "omniglot_5way_1shot",
+    "imaml": "omniglot_5way_1shot",
+    "protonet": "omniglot_5way_1shot",
+    "matchingnet": "omniglot_5way_1shot",
+    "r2d2": "miniimagenet_5way_1shot",
+    "metaoptnet": "miniimagenet_5way_1shot",
+    "metaoptnet_ridge": "miniimagenet_5way_1shot",
+    "cnp": "gp_1d",
 }
 
 
@@ -89,24 +80,22 @@ def head_only(path: str) -> bool:
   return path.startswith("head")
 
 
-def _settings(table: dict, setting: str | None, default: str) -> dict:
-  setting = default if setting is None else setting
-  if setting not in table:
-    raise ValueError(
-        f"unknown paper setting {setting!r}; choose one of {sorted(table)}")
-  return dict(table[setting])
+def paper_kwargs(method: str, setting: str | None = None) -> dict[str, Any]:
+  """Constructor arguments of ``method``'s paper ``setting`` (default:
+  ``DEFAULT_SETTINGS[method]``); ``ValueError`` names the valid settings."""
+  setting = DEFAULT_SETTINGS[method] if setting is None else setting
+  return dict(configs.get(method, setting).learner)
 
 
 def maml(model, *, setting: str | None = None, **overrides) -> MAML:
-  """MAML (exact second-order meta-gradients) with the paper's defaults."""
-  return MAML(model=model, **{**_settings(MAML_PAPER_DEFAULTS, setting,
-                                          "sinusoid"), **overrides})
+  """MAML (exact second-order meta-gradients) with the paper's values."""
+  return MAML(model=model, **{**paper_kwargs("maml", setting), **overrides})
 
 
 def fomaml(model, *, setting: str | None = None, **overrides) -> MAML:
   """First-order MAML: ``MAML(first_order=True)`` (the inner gradients are
   constants, so the meta-gradient is ``grad L_Q`` at the adapted weights)."""
-  return maml(model, setting=setting, **{"first_order": True, **overrides})
+  return MAML(model=model, **{**paper_kwargs("fomaml", setting), **overrides})
 
 
 def anil(model, *, setting: str | None = None, head: str = "head",
@@ -119,37 +108,86 @@ def anil(model, *, setting: str | None = None, head: str = "head",
   metajax's models).
   """
   mask = head_only if head == "head" else (lambda p: p.startswith(head))
-  return maml(model, setting=setting, **{"adapt_mask": mask, **overrides})
+  return MAML(model=model, **{**paper_kwargs("anil", setting),
+                              "adapt_mask": mask, **overrides})
 
 
 def metasgd(model, *, setting: str | None = None, **overrides) -> MAML:
   """Meta-SGD (Li et al. 2017): ``phi = theta - alpha (.) grad L_S(theta)``
   with ``alpha`` a meta-learned array per parameter
-  (``MAML(learn_inner_lr='per_param')``)."""
-  return MAML(model=model, **{**_settings(METASGD_PAPER_DEFAULTS, setting,
-                                          "sinusoid"),
-                              "learn_inner_lr": "per_param", **overrides})
+  (``MAML(learn_inner_lr='per_param')``, in the paper settings)."""
+  return MAML(model=model, **{**paper_kwargs("metasgd", setting),
+                              **overrides})
 
 
 def mamlpp(model, *, setting: str | None = None, **overrides) -> MAMLPlusPlus:
   """MAML++ with the authors' released configuration for ``setting``."""
-  return MAMLPlusPlus(model=model, **{
-      **_settings(MAMLPlusPlus.PAPER_DEFAULTS, setting,
-                  "miniimagenet_5way_1shot"), **overrides})
+  return MAMLPlusPlus(model=model, **{**paper_kwargs("mamlpp", setting),
+                                      **overrides})
 
 
 def reptile(model, *, setting: str | None = None, **overrides) -> Reptile:
   """Reptile with the paper's hyperparameters for ``setting``."""
-  return Reptile(model=model, **{
-      **_settings(Reptile.PAPER_DEFAULTS, setting, "omniglot_5way_1shot"),
-      **overrides})
+  return Reptile(model=model, **{**paper_kwargs("reptile", setting),
+                                 **overrides})
 
 
 def imaml(model, *, setting: str | None = None, **overrides) -> IMAML:
   """iMAML with the paper's hyperparameters for ``setting``."""
-  return IMAML(model=model, **{
-      **_settings(IMAML.PAPER_DEFAULTS, setting, "omniglot_5way"),
-      **overrides})
+  return IMAML(model=model, **{**paper_kwargs("imaml", setting),
+                               **overrides})
+
+
+def _with_backbone(cls, method: str, model, setting, overrides):
+  # ``model=None`` keeps the class's default backbone (Conv-4 features).
+  kw = {**paper_kwargs(method, setting), **overrides}
+  if model is not None:
+    kw["model"] = model
+  return cls(**kw)
+
+
+def protonet(model=None, *, setting: str | None = None,
+             **overrides) -> ProtoNet:
+  """Prototypical Networks with the paper's settings (``ways`` is the
+  training way count)."""
+  return _with_backbone(ProtoNet, "protonet", model, setting, overrides)
+
+
+def matchingnet(model=None, *, setting: str | None = None,
+                **overrides) -> MatchingNet:
+  """Matching Networks with the paper's settings."""
+  return _with_backbone(MatchingNet, "matchingnet", model, setting, overrides)
+
+
+def r2d2(model=None, *, setting: str | None = None, **overrides) -> R2D2:
+  """R2-D2 with the paper's settings (``ways`` is the training way count)."""
+  return _with_backbone(R2D2, "r2d2", model, setting, overrides)
+
+
+def metaoptnet(model=None, *, setting: str | None = None,
+               **overrides) -> MetaOptNet:
+  """MetaOptNet-SVM with the paper's settings."""
+  return _with_backbone(MetaOptNet, "metaoptnet", model, setting, overrides)
+
+
+def metaoptnet_ridge(model=None, *, setting: str | None = None,
+                     **overrides) -> MetaOptNet:
+  """MetaOptNet-RR (the ridge head) with the paper's settings."""
+  return _with_backbone(MetaOptNet, "metaoptnet_ridge", model, setting,
+                        overrides)
+
+
+def cnp(model=None, *, setting: str | None = None, **overrides) -> CNP:
+  """The CNP with the paper's sizes for ``setting``.
+
+  ``model`` is accepted for the ``factory(model, **kw)`` signature and must
+  be ``None``: the CNP builds its own networks.
+  """
+  if model is not None:
+    raise ValueError(
+        "CNP builds its own encoder and decoder; pass encoder_sizes / "
+        "decoder_sizes instead of a model")
+  return CNP(**{**paper_kwargs("cnp", setting), **overrides})
 
 
 _REGISTRY: dict[str, Factory] = {}
@@ -191,20 +229,11 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-for _name, _factory in (("maml", maml), ("fomaml", fomaml), ("anil", anil),
-                        ("metasgd", metasgd), ("mamlpp", mamlpp),
-                        ("reptile", reptile), ("imaml", imaml)):
+for _name, _factory in (
+    ("maml", maml), ("fomaml", fomaml), ("anil", anil), ("metasgd", metasgd),
+    ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
+    ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
+    ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),
+    ("cnp", cnp)):
   register(_name, _factory)
 del _name, _factory
-
-
-def _metaoptnet_ridge(model, **kw) -> MetaOptNet:
-  return MetaOptNet.paper(model, **{"head": "ridge", **kw})
-
-
-register("protonet", ProtoNet.paper)
-register("matchingnet", MatchingNet.paper)
-register("r2d2", R2D2.paper)
-register("metaoptnet", MetaOptNet.paper)
-register("metaoptnet_ridge", _metaoptnet_ridge)
-register("cnp", CNP.paper)

@@ -53,58 +53,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax import configs
 from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
 from metajax.core.tasks import Task
 
 INNER_OPTIMIZERS = ("adam", "sgd")
-
-# The hyperparameters of the paper (Nichol et al. 2018, Appendix A, Tables
-# 3-4; identical to the commands in openai/supervised-reptile's README).
-# ``train_shots``, ``meta_batch``, ``meta_step``, ``meta_step_final`` and
-# ``meta_iters`` describe the outer loop (see ``PAPER_OUTER``).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omniglot_5way_1shot": dict(loss="cross_entropy", inner_steps=5,
-                                inner_lr=1e-3, inner_batch_size=10,
-                                eval_inner_steps=50, eval_inner_batch_size=5),
-    "omniglot_5way_5shot": dict(loss="cross_entropy", inner_steps=5,
-                                inner_lr=1e-3, inner_batch_size=10,
-                                eval_inner_steps=50, eval_inner_batch_size=5),
-    "omniglot_20way_1shot": dict(loss="cross_entropy", inner_steps=10,
-                                 inner_lr=5e-4, inner_batch_size=20,
-                                 eval_inner_steps=50, eval_inner_batch_size=10),
-    "omniglot_20way_5shot": dict(loss="cross_entropy", inner_steps=10,
-                                 inner_lr=5e-4, inner_batch_size=20,
-                                 eval_inner_steps=50, eval_inner_batch_size=10),
-    "miniimagenet_5way_1shot": dict(loss="cross_entropy", inner_steps=8,
-                                    inner_lr=1e-3, inner_batch_size=10,
-                                    eval_inner_steps=50,
-                                    eval_inner_batch_size=5),
-    "miniimagenet_5way_5shot": dict(loss="cross_entropy", inner_steps=8,
-                                    inner_lr=1e-3, inner_batch_size=10,
-                                    eval_inner_steps=50,
-                                    eval_inner_batch_size=15),
-}
-PAPER_OUTER: dict[str, dict[str, Any]] = {
-    "omniglot_5way_1shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
-                                meta_step_final=0.0, meta_iters=100_000),
-    "omniglot_5way_5shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
-                                meta_step_final=0.0, meta_iters=100_000),
-    "omniglot_20way_1shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
-                                 meta_step_final=0.0, meta_iters=200_000),
-    "omniglot_20way_5shot": dict(train_shots=10, meta_batch=5, meta_step=1.0,
-                                 meta_step_final=0.0, meta_iters=200_000),
-    "miniimagenet_5way_1shot": dict(train_shots=15, meta_batch=5, meta_step=1.0,
-                                    meta_step_final=0.0, meta_iters=100_000),
-    "miniimagenet_5way_5shot": dict(train_shots=15, meta_batch=5, meta_step=1.0,
-                                    meta_step_final=0.0, meta_iters=100_000),
-}
-
-
-def _check_setting(setting: str, table: dict) -> None:
-  if setting not in table:
-    raise ValueError(
-        f"unknown paper setting {setting!r}; choose one of {sorted(table)}")
 
 
 def task_key(seed: int, x: jax.Array) -> jax.Array:
@@ -208,9 +162,6 @@ class Reptile(ModelLearner):
   replacement: bool = False
   seed: int = 0
 
-  PAPER_DEFAULTS: ClassVar[dict] = PAPER_DEFAULTS
-  PAPER_OUTER: ClassVar[dict] = PAPER_OUTER
-
   def __post_init__(self):
     super().__post_init__()
     if self.inner_steps < 0:
@@ -232,12 +183,6 @@ class Reptile(ModelLearner):
       raise ValueError(
           f"eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
 
-  @classmethod
-  def paper(cls, model, setting: str = "omniglot_5way_1shot", **overrides):
-    """Reptile with the paper's hyperparameters for ``setting``."""
-    _check_setting(setting, PAPER_DEFAULTS)
-    return cls(model=model, **{**PAPER_DEFAULTS[setting], **overrides})
-
   @staticmethod
   def outer_optimizer(setting: str | None = None, *, meta_step: float = 1.0,
                       meta_step_final: float = 0.0,
@@ -246,11 +191,12 @@ class Reptile(ModelLearner):
 
     ``eps_i = meta_step + (meta_step_final - meta_step) * i / meta_iters`` at
     meta-iteration ``i`` (constant ``meta_step_final`` afterwards). With a
-    ``setting`` the paper's values (``PAPER_OUTER``) are used.
+    ``setting`` the paper's values (``metajax.configs.get('reptile',
+    setting).outer``, which also holds the ``train_shots`` and
+    ``meta_batch`` of the training tasks) replace the arguments.
     """
     if setting is not None:
-      _check_setting(setting, PAPER_OUTER)
-      o = PAPER_OUTER[setting]
+      o = configs.get("reptile", setting).outer
       meta_step, meta_step_final, meta_iters = (
           o["meta_step"], o["meta_step_final"], o["meta_iters"])
     if meta_iters < 1:

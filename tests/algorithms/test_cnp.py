@@ -1,14 +1,20 @@
-"""Conditional Neural Process: likelihood vs scipy, architecture vs numpy, training, plot."""
+"""Conditional Neural Process: likelihood vs scipy, architecture vs numpy,
+training.
+
+Its figure (:func:`metajax.evaluation.plots.plot_predictions`) is tested in
+``tests/evaluation/test_plots.py``.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from PIL import Image
 from scipy import stats
 
 import metajax as mj
-from metajax.algorithms.cnp import CNP, Normal, gaussian_log_prob, plot_predictions
+from metajax import configs
+from metajax.algorithms import registry
+from metajax.algorithms.cnp import CNP, Normal, gaussian_log_prob
 from metajax.data import gp
 
 
@@ -99,26 +105,6 @@ def test_meta_training_loss_falls_on_gp_tasks():
   assert after < before - 0.2, (before, after)
 
 
-def test_plot_writes_png(tmp_path):
-  t = one(gp.sample_tasks(jax.random.PRNGKey(0), 1, testing=True,
-                          num_context=5, num_grid=50))
-  mean = np.asarray(t.query_y) + 0.1
-  sd = np.full_like(mean, 0.2)
-  path = plot_predictions(tmp_path / "cnp.png", t.query_x, t.query_y,
-                          t.support_x, t.support_y, mean, sd, title="GP")
-  img = Image.open(path)
-  assert img.format == "PNG" and img.size == (600, 400)
-  # Not blank: the curves put many distinct colours on the canvas.
-  pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
-  assert len(np.unique(pixels, axis=0)) > 20
-  with pytest.raises(ValueError, match="lengths differ"):
-    plot_predictions(tmp_path / "x.png", t.query_x, t.query_y, t.support_x,
-                     t.support_y, mean[:10], sd)
-  with pytest.raises(ValueError, match="1-D plot"):
-    plot_predictions(tmp_path / "x.png", np.zeros((5, 2)), t.query_y,
-                     t.support_x, t.support_y, mean, sd)
-
-
 def test_bad_input_raises():
   with pytest.raises(ValueError, match="min_std"):
     CNP(min_std=1.0)
@@ -134,10 +120,12 @@ def test_bad_input_raises():
 
 
 def test_paper_settings():
-  cnp = CNP.paper()
+  cnp = registry.make("cnp", None)
+  assert isinstance(cnp, CNP)
   assert cnp.encoder_sizes == (128,) * 4 and cnp.decoder_sizes == (128, 128)
-  assert CNP.PAPER_OUTER["gp_1d"]["meta_lr"] == 1e-4
+  assert CNP().encoder_sizes == cnp.encoder_sizes  # class defaults: the paper
+  assert configs.get("cnp", "gp_1d").outer["meta_lr"] == 1e-4
   with pytest.raises(ValueError, match="builds its own"):
-    CNP.paper(object())
+    registry.make("cnp", object())
   with pytest.raises(ValueError, match="unknown paper setting"):
-    CNP.paper(setting="celeba")
+    registry.make("cnp", None, setting="celeba")

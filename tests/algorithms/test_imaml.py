@@ -9,6 +9,7 @@ import pytest
 
 from metajax.core import learner as learner_lib
 from metajax import models
+from metajax.algorithms import registry
 from metajax.core import task_map
 from metajax.data.sinusoid import sample_tasks
 from metajax.algorithms.imaml import IMAML, conjugate_gradient
@@ -205,11 +206,13 @@ def test_maml_only_fields_are_not_imamls(field):
 
 
 def test_paper_defaults():
-  lrn = IMAML.paper(models.Conv4(), "omniglot_20way")
+  lrn = registry.make("imaml", models.Conv4(), setting="omniglot_20way_1shot")
+  assert isinstance(lrn, IMAML)
   assert (lrn.lam, lrn.cg_steps, lrn.inner_steps) == (2.0, 5, 25)
-  assert IMAML.paper(models.Conv4(), "miniimagenet_5way").lam == 0.5
+  assert registry.make("imaml", models.Conv4(),
+                       setting="miniimagenet_5way_1shot").lam == 0.5
   with pytest.raises(ValueError, match="unknown paper setting"):
-    IMAML.paper(models.Conv4(), "cifar")
+    registry.make("imaml", models.Conv4(), setting="cifar")
 
 
 def test_implicit_gradient_through_conv4_with_custom_vjp_layers():

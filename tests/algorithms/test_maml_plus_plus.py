@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from metajax import models
+from metajax.algorithms import registry
 from metajax.core import task_map
 from metajax.data.sinusoid import sample_tasks
 from metajax.algorithms.maml import MAML
@@ -318,8 +319,9 @@ def test_generic_step_rejects_unknown_task_mapping():
 
 
 def test_paper_defaults():
-  lrn = MAMLPlusPlus.paper(models.Conv4(), "omniglot_5way_1shot")
+  lrn = registry.make("mamlpp", models.Conv4(), setting="omniglot_5way_1shot")
+  assert isinstance(lrn, MAMLPlusPlus)
   assert (lrn.inner_lr, lrn.msl_epochs, lrn.first_order_epochs) == (0.1, 10, 0)
-  assert MAMLPlusPlus.paper(models.Conv4()).first_order_epochs == 11
+  assert registry.make("mamlpp", models.Conv4()).first_order_epochs == 11
   assert is_norm_path("norm0/scale") and is_norm_path("BatchNorm_0/bias")
   assert not is_norm_path("conv0/kernel") and not is_norm_path("head/bias")

@@ -6,6 +6,7 @@ import pytest
 
 from metajax.algorithms.matching import (FullContextEmbedding, MatchingNet, attention,
                               class_log_probs, cosine_similarity)
+from metajax.algorithms import registry
 from metajax.models import MLP
 from tests.helpers import class_tasks, one, train_loss_drop
 
@@ -113,7 +114,9 @@ def test_meta_training_loss_falls(fce):
 
 
 def test_paper_settings():
-  assert not MatchingNet.paper(MLP((4,), 3)).fce
-  assert MatchingNet.paper(MLP((4,), 3), "miniimagenet").fce
+  omniglot = registry.make("matchingnet", MLP((4,), 3))
+  assert isinstance(omniglot, MatchingNet) and not omniglot.fce
+  assert registry.make("matchingnet", MLP((4,), 3),
+                       setting="miniimagenet_5way_1shot").fce
   with pytest.raises(ValueError, match="unknown paper setting"):
-    MatchingNet.paper(MLP((4,), 3), "cub")
+    registry.make("matchingnet", MLP((4,), 3), setting="cub")

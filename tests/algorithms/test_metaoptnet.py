@@ -8,6 +8,7 @@ import pytest
 from metajax.algorithms.metaoptnet import (MetaOptNet, crammer_singer_dual,
                                 project_simplex, ridge_dual,
                                 svm_dual_kkt_residual)
+from metajax.algorithms import registry
 from metajax.models import MLP
 from tests.helpers import class_tasks, one, train_loss_drop
 
@@ -177,10 +178,15 @@ def test_meta_training_loss_falls(head):
 
 
 def test_paper_settings():
-  svm = MetaOptNet.paper(MLP((4,), 3))
+  svm = registry.make("metaoptnet", MLP((4,), 3))
+  assert isinstance(svm, MetaOptNet)
   assert (svm.head, svm.C, svm.label_smoothing, svm.embedding) == (
       "svm", 0.1, 0.1, "separate")
-  assert MetaOptNet.paper(MLP((4,), 3), head="ridge").ridge_lambda == 50.0
+  ridge = registry.make("metaoptnet_ridge", MLP((4,), 3))
+  assert (ridge.head, ridge.ridge_lambda) == ("ridge", 50.0)
+  # No Omniglot experiment in the paper: the head is sized for the test ways.
+  assert registry.make("metaoptnet", MLP((4,), 3),
+                       setting="omniglot_20way_1shot").ways == 20
   with pytest.raises(ValueError, match="unknown paper setting"):
-    MetaOptNet.paper(MLP((4,), 3), "fc100")
+    registry.make("metaoptnet", MLP((4,), 3), setting="fc100")
 

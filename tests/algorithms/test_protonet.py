@@ -6,6 +6,8 @@ import optax
 import pytest
 
 import metajax as mj
+from metajax import configs
+from metajax.algorithms import registry
 from metajax.models import MLP, Conv4
 from metajax.algorithms.embedding import EmbeddingLearner, smoothed_cross_entropy
 from metajax.algorithms.protonet import ProtoNet
@@ -168,10 +170,13 @@ def test_is_an_embedding_learner():
 
 def test_paper_settings():
   mlp = MLP((4,), 3)
-  assert ProtoNet.paper(mlp).ways == 60  # Omniglot: 60-way training
-  assert ProtoNet.paper(mlp, "miniimagenet_1shot").ways == 30
-  assert ProtoNet.paper(mlp, "miniimagenet_5shot", ways=7).ways == 7
-  assert ProtoNet.paper().model == Conv4(num_outputs=None)
-  assert ProtoNet.PAPER_OUTER["omniglot"]["meta_lr"] == 1e-3
+  make = registry.make
+  assert make("protonet", mlp).ways == 60  # Omniglot: 60-way training
+  assert make("protonet", mlp, setting="miniimagenet_5way_1shot").ways == 30
+  assert make("protonet", mlp, setting="miniimagenet_5way_5shot",
+              ways=7).ways == 7
+  assert make("protonet", None).model == Conv4(num_outputs=None)
+  outer = configs.get("protonet", "omniglot_20way_5shot").outer
+  assert (outer["meta_lr"], outer["train_ways"]) == (1e-3, 60)
   with pytest.raises(ValueError, match="unknown paper setting"):
-    ProtoNet.paper(mlp, "cifar")
+    make("protonet", mlp, setting="cifar")

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metajax import configs
+from metajax.algorithms import registry
 from metajax.models import MLP
 from metajax.algorithms.r2d2 import R2D2, ridge_primal, ridge_woodbury, with_bias_column
 from tests.helpers import class_tasks, one, train_loss_drop
@@ -81,9 +83,11 @@ def test_meta_training_loss_falls():
 
 
 def test_paper_settings():
-  mini = R2D2.paper(MLP((4,), 3))
+  mini = registry.make("r2d2", MLP((4,), 3))
+  assert isinstance(mini, R2D2)
   assert (mini.ways, mini.init_lambda, mini.init_scale) == (16, 50.0, 1e-4)
-  assert R2D2.paper(MLP((4,), 3), "omniglot").ways == 60
-  assert R2D2.PAPER_OUTER["cifar_fs"]["meta_lr"] == 5e-3
+  omniglot = registry.make("r2d2", MLP((4,), 3), setting="omniglot_5way_1shot")
+  assert omniglot.ways == 60
+  assert configs.get("r2d2", "cifarfs_5way_1shot").outer["meta_lr"] == 5e-3
   with pytest.raises(ValueError, match="unknown paper setting"):
-    R2D2.paper(MLP((4,), 3), "tiered")
+    registry.make("r2d2", MLP((4,), 3), setting="tiered")

@@ -8,7 +8,9 @@ import pytest
 import metajax as mj
 
 from metajax.core import learner as learner_lib
+from metajax import configs
 from metajax import models
+from metajax.algorithms import registry
 from metajax.core import task_map
 from metajax.data.sinusoid import sample_tasks
 from metajax.algorithms.reptile import Reptile, minibatch_indices, task_key
@@ -154,12 +156,14 @@ def test_bad_config_raises(kw, msg):
 
 
 def test_paper_defaults():
-  lrn = Reptile.paper(models.Conv4(), "omniglot_20way_1shot")
+  lrn = registry.make("reptile", models.Conv4(), setting="omniglot_20way_1shot")
+  assert isinstance(lrn, Reptile)
   assert (lrn.inner_steps, lrn.inner_batch_size, lrn.inner_lr) == (10, 20, 5e-4)
   assert lrn.eval_inner_steps == 50 and lrn.loss == "cross_entropy"
-  assert Reptile.PAPER_OUTER["miniimagenet_5way_1shot"]["train_shots"] == 15
+  outer = configs.get("reptile", "miniimagenet_5way_1shot").outer
+  assert (outer["train_shots"], outer["meta_batch"]) == (15, 5)
   with pytest.raises(ValueError, match="unknown paper setting"):
-    Reptile.paper(models.Conv4(), "cifar")
+    registry.make("reptile", models.Conv4(), setting="cifar")
 
 
 @pytest.mark.parametrize("field", ["learn_inner_lr", "first_order"])

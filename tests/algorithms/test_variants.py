@@ -130,8 +130,8 @@ def test_metasgd_with_equal_rates_reduces_to_maml():
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
 def test_variant_meta_trains_on_sinusoid(name):
-  lrn = learners.make(name, models.MLP(hidden=(32, 32)), setting="sinusoid",
-                      eval_inner_steps=3)
+  lrn = learners.make(name, models.MLP(hidden=(32, 32)),
+                      setting="sinusoid_10shot", eval_inner_steps=3)
   opt = optax.adam(1e-2)
   held = sample_tasks(jax.random.PRNGKey(0), 32, 10, 10)
   state = learner_lib.init_state(lrn, opt, jax.random.PRNGKey(1),
@@ -156,7 +156,8 @@ def test_registry():
   assert set(learners.names()) >= {"maml", "fomaml", "anil", "metasgd",
                                    "mamlpp", "reptile", "imaml"}
   conv = models.Conv4(filters=4)
-  assert learners.make("maml", conv, setting="omniglot_5way").inner_lr == 0.4
+  assert learners.make("maml", conv,
+                       setting="omniglot_5way_1shot").inner_lr == 0.4
   assert learners.make("fomaml", conv).first_order
   assert learners.make("metasgd", conv).learn_inner_lr == "per_param"
   assert learners.make("anil", conv).adapt_mask("head/kernel")

@@ -1,29 +1,149 @@
-"""The Omniglot entry point runs tiny configurations end to end on real data."""
+"""The Omniglot entry point runs tiny configurations end to end on real data.
+
+The configuration tests (paper settings, overrides, validation) build
+learners only, without data or compilation.
+"""
+from __future__ import annotations
+
 import json
+import pathlib
 
 import pytest
 
-from experiments.omniglot import config, main
+from experiments.omniglot import configs, main, train
+from metajax import configs as paper_configs
+from metajax.algorithms import registry
+from metajax.experiment import config as config_lib
+from metajax.experiment import metrics_log
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path, shared_data_dir, omniglot_cache_dir, *args):
+  return main.main([*args, "--config", "tiny", "--data-dir",
+                    str(shared_data_dir), "--cache-dir",
+                    str(omniglot_cache_dir), "--no-progress"])
 
 
 @pytest.mark.parametrize("method", ["maml", "protonet", "reptile"])
-def test_tiny_run_writes_results(method, tmp_path, shared_data_dir, omniglot_cache_dir):
+def test_tiny_run_writes_results(method, tmp_path, shared_data_dir,
+                                 omniglot_cache_dir, capsys):
   out = tmp_path / method
-  results = main.main(["--method", method, "--tiny", "--out", str(out),
-                       "--data-dir", str(shared_data_dir),
-                       "--cache-dir", str(omniglot_cache_dir), "--no-progress"])
+  results = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
+                 "--method", method, "--workdir", str(out))
   saved = json.loads((out / "results.json").read_text())
+  assert saved == results
   assert saved["method"] == method and results["test"]["num_tasks"] == 6
   assert saved["protocol"]["split"] == "vinyals"
   assert saved["protocol"]["test_classes"] == 423
-  assert 0.0 <= saved["test"]["mean"] <= 1.0
+  assert saved["protocol"]["batch_norm"] == "transductive"
+  assert 0.0 <= saved["test"]["mean"] <= 1.0 and saved["test"]["ci95"] >= 0
   assert saved["train"]["iterations"] == 4
-  table = main.main(["--table", str(tmp_path)])
-  assert f"| {method} |" in table
+  assert saved["budget"] == "shortened"
+  assert saved["paper_setting"]["name"] == "omniglot_5way_1shot"
+  assert saved["paper_setting"]["source"]
+  assert saved["run"]["git"]["commit"] is None or len(
+      saved["run"]["git"]["commit"]) == 40
+  assert saved["run"]["jax"] and saved["run"]["wall_time_s"] > 0
+  assert [r["step"] for r in metrics_log.read_metrics(
+      out, split=f"{method}/train")] == [0, 1, 2, 3]
+  expected = ({"name": "reptile_sgd", "meta_step": 1.0,
+               "meta_step_final": 0.0, "meta_iters": 4}
+              if method == "reptile" else {"name": "adam", "meta_lr": 1e-3})
+  assert saved["outer_optimizer"] == expected
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    main.main(["--table", str(tmp_path)])
+  assert e.value.code == 0
+  assert f"| {method} |" in capsys.readouterr().out
 
 
-def test_every_registered_method_has_a_spec_and_unknown_is_an_error():
-  from metajax.algorithms import registry as learners
-  assert set(config.METHODS) <= set(learners.names())
-  with pytest.raises(ValueError, match="unknown method"):
-    config.method_spec("nope")
+def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
+                                             omniglot_cache_dir):
+  out = tmp_path / "run"
+  r = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
+           "--method", "protonet", "--workdir", str(out),
+           "--set", "train_ways=7", "--set", "train_shots=2",
+           "--set", "train_queries=3", "--set", "downsample=stride")
+  train_sampler = r["protocol"]["train_sampler"]
+  assert (train_sampler["ways"], train_sampler["shots"],
+          train_sampler["queries"]) == (7, 2, 3)
+  test_sampler = r["protocol"]["test_sampler"]
+  assert (test_sampler["ways"], test_sampler["shots"],
+          test_sampler["queries"]) == (5, 1, 2)
+  assert r["learner"]["ways"] == 7
+  assert r["protocol"]["backbone"]["downsample"] == "stride"
+  assert "downsample = 'stride'" in r["learner"]["model"]
+
+
+def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda cfg, wd, **kw: calls.append((cfg, wd, kw)))
+  monkeypatch.chdir(tmp_path)
+  main.main(["--method", "protonet", "--config", "tiny"])
+  main.main(["--set", "method=r2d2", "--workdir", "elsewhere",
+             "--cache-dir", "c"])
+  main.main(["--workdir", "mine", "--method", "anil"])
+  (p_cfg, p_wd, p_kw), (r_cfg, r_wd, r_kw), (a_cfg, a_wd, _) = calls
+  assert p_cfg.method == "protonet" and p_wd == pathlib.Path(
+      "runs/omniglot/protonet")
+  assert p_kw == {"data_dir": None, "progress": True, "cache_dir": None}
+  assert r_cfg.method == "r2d2" and r_wd == pathlib.Path("elsewhere")
+  assert r_kw["cache_dir"] == "c"
+  assert a_cfg.method == "anil" and a_wd == pathlib.Path("mine")
+
+
+def test_table_reads_the_committed_results_of_the_earlier_layout():
+  text = train.table(ROOT / "results" / "omniglot_5w1s")
+  rows = text.splitlines()[2:]
+  assert len(rows) == len(configs.METHODS)
+  maml = "| maml | 89.33 ± 0.60 | 10 | 500 | 8 | 1.412 -> 0.399 | 146 | - |"
+  assert maml in rows
+
+
+def test_every_method_is_registered_and_has_the_omniglot_settings():
+  assert set(configs.METHODS) <= set(registry.names())
+  for method in configs.METHODS:
+    for ways in (5, 20):
+      for shots in (1, 5):
+        cfg = configs.Config(method=method, ways=ways, shots=shots)
+        assert cfg.setting in paper_configs.settings(method)
+        config_lib.validate(cfg)
+
+
+def test_overrides_replace_the_paper_values():
+  cfg = configs.Config(inner_lr=0.1, inner_steps=2, eval_inner_steps=3)
+  learner = configs.build_learner(cfg)
+  assert (learner.inner_lr, learner.inner_steps,
+          learner.eval_inner_steps) == (0.1, 2, 3)
+  paper = paper_configs.get("maml", "omniglot_5way_1shot").learner
+  plain = configs.build_learner(configs.Config())
+  assert (plain.inner_lr, plain.inner_steps) == (paper["inner_lr"],
+                                                paper["inner_steps"])
+  assert plain.model.num_outputs == 5 and plain.model.filters == 32
+  proto = configs.build_learner(configs.Config(method="protonet",
+                                               train_ways=20))
+  assert proto.ways == 20 and proto.model.num_outputs is None
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["method=nope"], "method"), (["ways=1"], "ways"), (["ways=10"], "ways"),
+    (["shots=0"], "shots"), (["queries=0"], "queries"),
+    (["shots=5", "queries=16"], "queries"),
+    (["train_shots=5", "train_queries=16"], "train_queries"),
+    (["train_ways=20"], "train_ways"), (["split=omni"], "split"),
+    (["rotation=random"], "rotation"), (["filters=0"], "filters"),
+    (["downsample=avgpool"], "downsample"), (["norm=batch"], "norm"),
+    (["image_size=8"], "image_size"), (["inner_lr=-1"], "inner_lr"),
+    (["inner_steps=0"], "inner_steps"),
+    (["eval_inner_steps=-1"], "eval_inner_steps"),
+    (["eval_steps=-1"], "eval_steps"),
+    (["eval_steps=3", "eval_inner_steps=4"], "eval_inner_steps"),
+    (["method=protonet", "inner_lr=0.1"], "inner_lr"),
+    (["eval_batch=0"], "eval_batch"), (["task_map=pmap"], "task_map"),
+    (["chunk_size=0"], "chunk_size"), (["meta_lr=0"], "meta_lr")])
+def test_validate_names_the_field(overrides, named):
+  cfg = config_lib.override(configs.tiny(), overrides)
+  with pytest.raises(config_lib.ConfigError, match=named):
+    config_lib.validate(cfg)

@@ -1,26 +1,110 @@
 """The sinusoid entry point runs a tiny configuration and writes its results.
 
-It exercises ``experiments/`` (training, evaluation, the figure), not
-:mod:`metajax.data`, so it lives here rather than next to the task sampler's
-tests in ``tests/data/test_sinusoid.py``.
+It exercises ``experiments/`` (training, evaluation, the figure, the run
+folder), not :mod:`metajax.data`, so it lives here rather than next to the
+task sampler's tests in ``tests/data/test_sinusoid.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
+import pytest
+
+from experiments.sinusoid import configs, main
+from metajax.experiment import config as config_lib
+from metajax.experiment import metrics_log
+
+# What `python -m experiments.sinusoid` ran before the configs existed
+# (experiments/sinusoid/config.py's defaults); the default variant keeps it.
+BEFORE = dict(
+    iterations=20_000, baseline_iterations=None, meta_batch=25,
+    train_shots=10, train_query=10, train_per_k=False, hidden=(40, 40),
+    init="maml", inner_lr=0.01, inner_steps=1, first_order=False,
+    meta_lr=1e-3, eval_tasks=600, eval_shots=(5, 10), eval_steps=10,
+    report_steps=(1, 5, 10), eval_query=None, seed=0, eval_seed=1,
+    steps_per_call=500, checkpoint_every=5_000)
 
 
-def test_main_entry_point_tiny_run(tmp_path):
-  from experiments.sinusoid import main
-  results = main.main(["--tiny", "--out", str(tmp_path), "--no-progress"])
-  saved = json.loads((tmp_path / "results.json").read_text())
-  assert (tmp_path / "sinusoid.png").stat().st_size > 10_000
+def test_default_variant_is_the_previous_default_and_paper_is_70k():
+  assert dataclasses.asdict(configs.VARIANTS["default"]()) == BEFORE
+  paper = configs.VARIANTS["paper"]()
+  assert paper.iterations == configs.PAPER_ITERATIONS == 70_000
+  assert paper.baseline_iters == 70_000
+
+
+@pytest.mark.parametrize("override,named", [
+    ("report_steps=1,11", "report_steps"), ("init=xavier", "init"),
+    ("eval_shots=5,0", "eval_shots"), ("eval_steps=-1", "eval_steps"),
+    ("baseline_iterations=0", "baseline_iterations"),
+    ("inner_lr=0", "inner_lr"), ("hidden=8,0", "hidden"),
+    ("eval_query=0", "eval_query")])
+def test_validate_names_the_field(override, named):
+  cfg = config_lib.override(configs.tiny(), [override])
+  with pytest.raises(config_lib.ConfigError, match=named):
+    config_lib.validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """One tiny run: its workdir, returned results and printed summary."""
+  out = tmp_path_factory.mktemp("sinusoid")
+  results = main.main(["--config", "tiny", "--workdir", str(out),
+                       "--no-progress"])
+  return out, results
+
+
+def test_tiny_run_writes_results(tiny_run):
+  out, results = tiny_run
+  saved = json.loads((out / "results.json").read_text())
+  assert saved == results
+  assert (out / "sinusoid.png").stat().st_size > 10_000
   for name in ("maml", "pretrained"):
     for k in ("K=5", "K=10"):
       ev = saved["methods"][name]["eval"][k]
       assert len(ev["mse_by_step"]) == 4  # steps 0..3 in the tiny config
       assert set(ev["report"]) == {"1", "3"}
-      assert all(np.isfinite(ev["mse_by_step"])) and all(c > 0 for c in ev["ci95_by_step"])
+      assert all(np.isfinite(ev["mse_by_step"]))
+      assert all(c > 0 for c in ev["ci95_by_step"])
+      assert ev["num_tasks"] == 16 and ev["steps"] == 3
+      assert ev["mean"] == ev["mse_by_step"][-1] and ev["ci95"] > 0
+      assert len(ev["diverged_tasks_by_step"]) == 4
   assert results["methods"]["maml"]["iterations"] == 40
-  assert "cpu_count" in saved["machine"]
+  assert results["methods"]["maml"]["steps_trained"] == 40
+  assert saved["budget"] == "shortened" and saved["paper_k5"]["maml"]["5"]
+  assert saved["config"] == config_lib.to_dict(configs.tiny())
+  run = saved["run"]
+  assert {"commit", "dirty"} <= set(run["git"])
+  assert run["jax"] and run["device_kinds"] and run["wall_time_s"] > 0
+  assert "cpu_count" in run["machine"]
+
+
+def test_metrics_log_one_row_per_step_and_model(tiny_run):
+  out, _ = tiny_run
+  for model in ("maml_K10", "pretrained_K10"):
+    rows = metrics_log.read_metrics(out, split=f"{model}/train")
+    assert [r["step"] for r in rows] == list(range(40))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert (out / "checkpoints" / model / "checkpoint.npz").is_file()
+
+
+def test_rerun_resumes_and_a_changed_config_is_refused(tiny_run, capsys):
+  out, first = tiny_run
+  lines = (out / "metrics.jsonl").read_text()
+  again = main.main(["--config", "tiny", "--workdir", str(out),
+                     "--no-progress"])
+  printed = capsys.readouterr().out
+  assert "(paper 0.67)" in printed and "(paper 2.41)" in printed
+  for name in ("maml", "pretrained"):
+    entry = again["methods"][name]
+    assert entry["steps_trained"] == 0 and entry["resumed_from_step"] == 40
+    assert entry["eval"] == first["methods"][name]["eval"]
+  assert (out / "metrics.jsonl").read_text() == lines
+  with pytest.raises(SystemExit) as e:
+    main.main(["--config", "tiny", "--set", "seed=7", "--workdir", str(out),
+               "--no-progress"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "seed: 0 -> 7" in err and "--fresh" in err
+  assert json.loads((out / "config.json").read_text())["seed"] == 0

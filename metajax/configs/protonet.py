@@ -1,0 +1,66 @@
+"""Prototypical Networks' paper settings.
+
+References:
+  Snell, Swersky & Zemel, "Prototypical Networks for Few-shot Learning",
+  NeurIPS 2017, arXiv:1703.05175 (Sec. 3.1 Omniglot, 3.2 miniImageNet).
+  Official code: https://github.com/jakesnell/prototypical-networks
+  (``scripts/train/few_shot/run_train.py`` defaults are the Omniglot setting;
+  ``train.py``: ``StepLR(decay_every, gamma=0.5)``;
+  ``scripts/predict/few_shot/run_eval.py``). It has no mini-ImageNet script.
+
+ProtoNets meta-train with more ways than they test: the learner's ``ways``
+is the training way count (it bounds the logits of any task; absent classes
+are masked), and one model per shot count serves both test way counts.
+Training shots equal the test shots. Conv-4 with 64 filters everywhere,
+support and query embedded together (``embedding='joint'``). Training runs
+epochs of 100 episodes with early stopping on validation (patience 200
+epochs), then retrains on train + validation (``run_trainval.py``) for the
+epochs found.
+"""
+from __future__ import annotations
+
+from metajax.configs import PaperSetting
+
+_CODE = "jakesnell/prototypical-networks"
+
+
+def _omniglot(ways: int, shots: int) -> PaperSetting:
+  return PaperSetting(
+      learner=dict(ways=60, embedding="joint"),
+      outer=dict(optimizer="adam", meta_lr=1e-3, lr_decay=0.5,
+                 lr_decay_every=2000, meta_batch=1, train_ways=60,
+                 train_queries=5, eval_queries=15, eval_tasks=1000,
+                 episodes_per_epoch=100, patience=200, filters=64),
+      source=("Snell et al. 2017 Sec. 3.1 (60-way training episodes with 5 "
+              "queries per class; Adam 1e-3 halved every 2000 episodes); "
+              f"{_CODE} run_train.py defaults --data.way 60 --data.query 5 "
+              f"--data.shot {shots} --data.test_way {ways} "
+              "--data.test_query 15 --data.train_episodes 100 "
+              "--train.learning_rate 0.001 --train.decay_every 20 "
+              "--train.patience 200 --model.hid_dim 64; run_eval.py "
+              "--data.test_episodes 1000"),
+      note=(f"trains 60-way {shots}-shot with 5 queries per class, tests "
+            f"{ways}-way with 15"))
+
+
+def _miniimagenet(shots: int) -> PaperSetting:
+  train_ways = 30 if shots == 1 else 20
+  return PaperSetting(
+      learner=dict(ways=train_ways, embedding="joint"),
+      outer=dict(optimizer="adam", meta_lr=1e-3, lr_decay=0.5,
+                 lr_decay_every=2000, meta_batch=1, train_ways=train_ways,
+                 train_queries=15, filters=64),
+      source=("Snell et al. 2017 Sec. 3.2: 30-way 1-shot / 20-way 5-shot "
+              "training episodes, 15 queries per class, Adam 1e-3 halved "
+              "every 2000 episodes"),
+      note=f"trains {train_ways}-way, tests 5-way")
+
+
+SETTINGS: dict[str, PaperSetting] = {
+    "omniglot_5way_1shot": _omniglot(5, 1),
+    "omniglot_5way_5shot": _omniglot(5, 5),
+    "omniglot_20way_1shot": _omniglot(20, 1),
+    "omniglot_20way_5shot": _omniglot(20, 5),
+    "miniimagenet_5way_1shot": _miniimagenet(1),
+    "miniimagenet_5way_5shot": _miniimagenet(5),
+}
