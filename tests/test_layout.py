@@ -98,3 +98,15 @@ def test_test_files_live_in_a_folder_named_after_a_package():
       misplaced.append(str(rel))
   assert not misplaced, (
       f"test files outside tests/<{'|'.join(sorted(allowed))}>/: {misplaced}")
+
+
+def test_one_meta_step_and_one_training_loop():
+  # No learner has a step or a training function of its own: the one
+  # make_meta_step (core) and the one fit (training) serve every learner.
+  defs = {"make_meta_step": [], "fit": []}
+  for path in sorted(PACKAGE.rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.FunctionDef) and node.name in defs:
+        defs[node.name].append(path.relative_to(ROOT).as_posix())
+  assert defs == {"make_meta_step": ["metajax/core/learner.py"],
+                  "fit": ["metajax/training/loop.py"]}

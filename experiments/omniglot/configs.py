@@ -60,9 +60,11 @@ class Config:
       :data:`metajax.data.sampler.ROTATIONS` (rotations as new classes by
       default, as ProtoNets).
     image_size: images are resized to ``image_size`` squared.
-    filters, blocks, downsample, norm: the conv-4 backbone
+    filters, blocks, downsample, norm, features: the conv-4 backbone
       (:class:`metajax.models.Conv4`): channels, conv blocks, ``'maxpool'``
-      or ``'stride'`` downsampling, batch-norm policy.
+      or ``'stride'`` downsampling, batch-norm policy, and whether the head
+      (or the metric learners) see the ``'flatten'``-ed map or its spatial
+      mean (``'pool'``).
     inner_lr, inner_steps, eval_inner_steps: the learner's inner loop;
       ``None``: the paper's values.
     iterations: meta-training steps.
@@ -92,6 +94,7 @@ class Config:
   blocks: int = 4
   downsample: str = "maxpool"
   norm: str = "transductive"
+  features: str = "flatten"
   inner_lr: float | None = None
   inner_steps: int | None = None
   eval_inner_steps: int | None = None
@@ -158,6 +161,7 @@ class Config:
     common.check_int("image_size", self.image_size, 2 ** self.blocks)
     common.check_int("filters", self.filters, 1)
     common.check_choice("downsample", self.downsample, conv4_lib.DOWNSAMPLE)
+    common.check_choice("features", self.features, conv4_lib.FEATURES)
     common.check_choice("norm", self.norm, layers.NORMS)
     if self.inner_lr is not None:
       common.check_positive("inner_lr", self.inner_lr)
@@ -207,7 +211,8 @@ def backbone(cfg: Config) -> Conv4:
   """Conv-4 with a head of ``ways`` outputs (head methods) or features."""
   return Conv4(num_outputs=cfg.ways if cfg.method in HEAD_METHODS else None,
                filters=cfg.filters, blocks=cfg.blocks,
-               downsample=cfg.downsample, norm=cfg.norm)
+               downsample=cfg.downsample, norm=cfg.norm,
+               features=cfg.features)
 
 
 def build_learner(cfg: Config, *, overrides: bool = True):

@@ -53,7 +53,6 @@ import optax
 
 from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
-from metajax.core.tasks import Task
 
 
 # -- pytree linear algebra -------------------------------------------------
@@ -235,21 +234,6 @@ class IMAML(ModelLearner):
   @property
   def default_eval_steps(self) -> int:
     return self.eval_inner_steps or self.inner_steps
-
-  def init(self, rng, task: Task):
-    return {"model": self.model.init(rng, task.support_x)["params"]}
-
-  def predict(self, params, state, x):
-    del params
-    return self.apply(state, x)
-
-  def task_loss(self, params, task: Task, *, iteration=0):
-    """``(query loss at phi*, metrics)``; its gradient is Eq. 7."""
-    del iteration
-    adapted = self.adapt(params, task.support_x, task.support_y)
-    metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
-    metrics.update(self.pre_metrics(params["model"], task))
-    return metrics["loss"], metrics
 
   def adapt(self, params, support_x, support_y, *, steps=None,
             return_trajectory=False):

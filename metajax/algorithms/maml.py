@@ -121,13 +121,3 @@ class MAML(ModelLearner):
         mask=self.adapt_mask, unroll=self.unroll, remat=self.remat,
         return_trajectory=return_trajectory)
 
-  def predict(self, params, state, x):
-    del params
-    return self.apply(state, x)
-
-  def task_loss(self, params, task: Task, *, iteration=0):
-    del iteration  # MAML has no schedule
-    adapted = self.adapt(params, task.support_x, task.support_y)
-    metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
-    metrics.update(self.pre_metrics(params["model"], task))
-    return metrics["loss"], metrics

@@ -28,6 +28,9 @@ PRE_METRICS_ON = ("support", "query")
 class ModelLearner(Learner):
   """A flax model plus a per-task loss; subclasses define ``adapt``.
 
+  Defaults: meta-parameters ``{'model': flax params}``, ``predict`` applies
+  the adapted weights, ``task_loss`` is the query loss after ``adapt``.
+
   Attributes:
     model: a flax module ``x -> outputs`` (used through ``apply``).
     loss: ``'mse'``, ``'cross_entropy'`` or ``(outputs, targets) -> scalar``.
@@ -65,6 +68,25 @@ class ModelLearner(Learner):
     """Inner steps of :meth:`evaluate` when none are given."""
     return 0
 
+  # -- Learner defaults: meta-parameters are the model's, adapt -> weights --
+  def init(self, rng, task: Task):
+    return {"model": self.model.init(rng, task.support_x)["params"]}
+
+  def predict(self, params, state, x):
+    del params
+    return self.apply(state, x)
+
+  def task_loss(self, params, task: Task, *, iteration=0):
+    """``(query loss after adaptation, metrics)`` with the ``pre_`` metrics
+    of the unadapted model; methods without a schedule ignore
+    ``iteration``."""
+    del iteration
+    adapted = self.adapt(params, task.support_x, task.support_y)
+    metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
+    metrics.update(self.pre_metrics(params["model"], task))
+    return metrics["loss"], metrics
+
+  # -- helpers -------------------------------------------------------------
   def apply(self, model_params, x):
     """The model's outputs for inputs ``x`` under ``model_params``."""
     return self.model.apply({"params": model_params}, x)

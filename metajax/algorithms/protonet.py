@@ -22,9 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from metajax.algorithms.embedding import (EmbeddingLearner, HeadState,
-                                          class_counts, default_backbone,
-                                          mask_absent, smoothed_cross_entropy)
+from metajax.algorithms.embedding import EmbeddingLearner, mask_absent
 
 
 def prototypes(features: jax.Array, labels: jax.Array, num_classes: int):

@@ -259,22 +259,6 @@ class Reptile(ModelLearner):
         step_loss=not full_batch)
 
   # -- Learner -----------------------------------------------------------
-  def init(self, rng, task: Task):
-    return {"model": self.model.init(rng, task.support_x)["params"]}
-
-  def predict(self, params, state, x):
-    del params
-    return self.apply(state, x)
-
-  def task_loss(self, params, task: Task, *, iteration=0):
-    """``(query loss after adaptation, metrics)``; not differentiated in
-    training (see :meth:`task_grad`)."""
-    del iteration
-    phi = self.adapt(params, task.support_x, task.support_y)
-    metrics = self.metrics(self.apply(phi, task.query_x), task.query_y)
-    metrics.update(self.pre_metrics(params["model"], task))
-    return metrics["loss"], metrics
-
   def task_grad(self, params, task: Task, *, iteration=0):
     """``((query loss, metrics), {'model': theta - phi})`` for one task."""
     del iteration

@@ -1,7 +1,8 @@
 """The conv-4 backbone of few-shot learning (Vinyals et al. 2016; MAML; ProtoNets).
 
 Four blocks of [3x3 conv (``filters`` channels) -> batch norm -> ReLU ->
-downsample], flattened, then a linear head (or none, for metric learners).
+downsample], flattened (or averaged over space), then a linear head (or
+none, for metric learners).
 Downsampling is a 2x2 max-pool (ProtoNets, MAML's mini-ImageNet net) or a
 stride-2 convolution (MAML's Omniglot net). Any input size works:
 28x28x1 Omniglot gives 64 features, 84x84x3 mini-ImageNet with 32 filters
@@ -14,6 +15,8 @@ import flax.linen as nn
 from metajax.models.layers import Conv, NormReluMaxPool, norm_layer
 
 DOWNSAMPLE = ("maxpool", "stride")
+#: how the last block's ``(N, h, w, filters)`` map becomes a feature vector.
+FEATURES = ("flatten", "pool")
 
 
 class Conv4(nn.Module):
@@ -28,12 +31,16 @@ class Conv4(nn.Module):
       (the block's convolution has stride 2, no pooling).
     norm: batch-norm policy, see :mod:`metajax.models.layers`
       (``'transductive'``: statistics of each batch it sees, per task).
+    features: ``'flatten'`` (``h * w * filters`` features, as MAML and
+      ProtoNets) or ``'pool'`` (the spatial mean, ``filters`` features
+      whatever the input size).
   """
   num_outputs: int | None = 5
   filters: int = 64
   blocks: int = 4
   downsample: str = "maxpool"
   norm: str = "transductive"
+  features: str = "flatten"
 
   @nn.compact
   def __call__(self, x):
@@ -42,6 +49,9 @@ class Conv4(nn.Module):
     if self.downsample not in DOWNSAMPLE:
       raise ValueError(
           f"unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLE}")
+    if self.features not in FEATURES:
+      raise ValueError(
+          f"unknown features {self.features!r}; choose one of {FEATURES}")
     small = min(x.shape[1:3])
     if small < 2 ** self.blocks:
       raise ValueError(
@@ -55,7 +65,8 @@ class Conv4(nn.Module):
       else:
         x = Conv(self.filters, 3, strides=2, name=f"conv{i}")(x)
         x = nn.relu(norm_layer(self.norm, name=f"norm{i}")(x))
-    x = x.reshape(x.shape[0], -1)
+    x = (x.reshape(x.shape[0], -1) if self.features == "flatten"
+         else x.mean(axis=(1, 2)))
     if self.num_outputs is None:
       return x
     return nn.Dense(self.num_outputs, name="head")(x)

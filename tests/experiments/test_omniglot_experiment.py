@@ -64,7 +64,8 @@ def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
   r = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
            "--method", "protonet", "--workdir", str(out),
            "--set", "train_ways=7", "--set", "train_shots=2",
-           "--set", "train_queries=3", "--set", "downsample=stride")
+           "--set", "train_queries=3", "--set", "downsample=stride",
+           "--set", "features=pool")
   train_sampler = r["protocol"]["train_sampler"]
   assert (train_sampler["ways"], train_sampler["shots"],
           train_sampler["queries"]) == (7, 2, 3)
@@ -74,6 +75,7 @@ def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
   assert r["learner"]["ways"] == 7
   assert r["protocol"]["backbone"]["downsample"] == "stride"
   assert "downsample = 'stride'" in r["learner"]["model"]
+  assert r["protocol"]["backbone"]["features"] == "pool"
 
 
 def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
@@ -135,6 +137,7 @@ def test_overrides_replace_the_paper_values():
     (["train_ways=20"], "train_ways"), (["split=omni"], "split"),
     (["rotation=random"], "rotation"), (["filters=0"], "filters"),
     (["downsample=avgpool"], "downsample"), (["norm=batch"], "norm"),
+    (["features=max"], "features"),
     (["image_size=8"], "image_size"), (["inner_lr=-1"], "inner_lr"),
     (["inner_steps=0"], "inner_steps"),
     (["eval_inner_steps=-1"], "eval_inner_steps"),

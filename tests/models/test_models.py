@@ -1,6 +1,7 @@
 """Model zoo shapes and the conv-4 family's configurations."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from metajax.models import MLP, Conv4
@@ -21,6 +22,22 @@ def test_conv4_feature_sizes(shape, filters, downsample, features):
   p = jax.eval_shape(head.init, jax.random.PRNGKey(0), x)
   assert p["params"]["head"]["kernel"].shape == (features, 5)
   assert p["params"]["norm0"]["scale"].shape == (filters,)
+
+
+def test_conv4_pooled_features_are_the_spatial_mean():
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 84, 84, 3))
+  flat = Conv4(num_outputs=None, filters=4)
+  pooled = Conv4(num_outputs=None, filters=4, features="pool")
+  params = flat.init(jax.random.PRNGKey(0), x)  # the same parameter tree
+  f = flat.apply(params, x).reshape(3, 5, 5, 4)
+  g = pooled.apply(params, x)
+  assert g.shape == (3, 4)
+  np.testing.assert_allclose(g, f.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+  head = Conv4(num_outputs=5, filters=4, features="pool")
+  p = jax.eval_shape(head.init, jax.random.PRNGKey(0), x)
+  assert p["params"]["head"]["kernel"].shape == (4, 5)
+  with pytest.raises(ValueError, match="unknown features"):
+    Conv4(features="max").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
 
 
 def test_conv4_bad_input_and_options():
