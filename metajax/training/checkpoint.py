@@ -26,6 +26,8 @@ from metajax.core.learner import MetaState
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
+#: what metajax wrote before FORMAT_VERSION 1 (a pickle: never loaded).
+LEGACY_NAME = "checkpoint.pkl"
 
 
 def save_checkpoint(directory, state: MetaState, history: dict, extra=None):
@@ -56,6 +58,15 @@ def load_checkpoint(directory, like: MetaState):
   """
   path = pathlib.Path(directory) / CHECKPOINT_NAME
   if not path.exists():
+    legacy = pathlib.Path(directory) / LEGACY_NAME
+    if legacy.exists():
+      # Starting over silently would discard the run; unpickling could run
+      # code. Say so instead.
+      raise ValueError(
+          f"{legacy} was written by an older metajax as a pickle, which this "
+          "version does not load (unpickling can run arbitrary code); start "
+          "the run afresh in another directory, or convert the checkpoint "
+          "with the metajax version that wrote it")
     return None
   try:
     with np.load(path, allow_pickle=False) as f:
@@ -65,6 +76,10 @@ def load_checkpoint(directory, like: MetaState):
   except (OSError, ValueError, KeyError, zipfile.BadZipFile,
           json.JSONDecodeError, EOFError) as e:  # truncated or foreign file
     raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+  if meta.get("format") != FORMAT_VERSION:
+    raise ValueError(
+        f"checkpoint {path} has format {meta.get('format')!r}; this metajax "
+        f"reads format {FORMAT_VERSION}")
   like_leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(like))
   if len(leaves) != len(like_leaves) or any(
       np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype

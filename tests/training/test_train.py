@@ -94,3 +94,71 @@ def test_fit_follows_maml_plus_plus_schedules():
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
   # the schedule went through both derivative orders and both loss forms
   assert learner.phase(0) == (True, True) and learner.phase(5) == (False, False)
+
+
+class _RunsCodeOnLoad:
+  """Unpickling this touches a file: what a pickle checkpoint could do."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    import pathlib
+    return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickle_checkpoint_is_refused_without_being_loaded(tmp_path):
+  import pickle
+  marker = tmp_path / "code_ran"
+  (tmp_path / "checkpoint.pkl").write_bytes(
+      pickle.dumps(_RunsCodeOnLoad(str(marker))))
+  with pytest.raises(ValueError, match="older metajax as a pickle"):
+    train.fit(LEARNER, optax.adam(1e-3), SAMPLE, num_steps=2, progress=False,
+              checkpoint_dir=tmp_path)
+  assert not marker.exists()
+
+
+def test_non_finite_update_never_reaches_a_checkpoint(tmp_path):
+  # The learning rate turns infinite at step 9, just before the step-10
+  # checkpoint: the loss of step 9 is still finite, its update is not.
+  opt = optax.sgd(lambda s: jnp.where(s == 9, jnp.inf, 1e-3))
+  with pytest.raises(train.NonFiniteLossError,
+                     match="step 9: the updated parameters"):
+    train.fit(LEARNER, opt, SAMPLE, num_steps=20, steps_per_call=5,
+              checkpoint_every=5, progress=False, checkpoint_dir=tmp_path)
+  like = mj.init_state(LEARNER, opt, jax.random.PRNGKey(0),
+                       jax.tree_util.tree_map(lambda a: a[0],
+                                              SAMPLE(jax.random.PRNGKey(0))))
+  state, history, _ = train.load_checkpoint(tmp_path, like)
+  assert int(state.step) == 5  # the last good state, not step 10's
+  assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(state))
+  assert history["loss"].shape == (5,)
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(steps_per_call=0), "steps_per_call"),
+    (dict(checkpoint_every=-1), "checkpoint_every"),
+    (dict(num_steps=-1), "num_steps"),
+])
+def test_bad_loop_arguments_are_named_before_any_work(kw, name):
+  args = {"num_steps": 2, "progress": False, **kw}
+  with pytest.raises(ValueError, match=name):
+    train.fit(LEARNER, optax.adam(1e-3), SAMPLE, **args)
+
+
+def test_metrics_callback_and_host_sampler_match_the_device_loop():
+  rows = []
+  state, hist = train.fit(LEARNER, optax.adam(1e-3), SAMPLE, num_steps=7,
+                          steps_per_call=3, progress=False, seed=2,
+                          on_metrics=lambda first, m: rows.append((first, m)))
+  assert [first for first, _ in rows] == [0, 3, 6]
+  np.testing.assert_array_equal(
+      np.concatenate([m["loss"] for _, m in rows]), hist["loss"])
+  # The same run with the sampler called on the host every step.
+  host, host_hist = train.fit(LEARNER, optax.adam(1e-3), SAMPLE, num_steps=7,
+                              steps_per_call=3, progress=False, seed=2,
+                              sampler_on_device=False)
+  np.testing.assert_allclose(host_hist["loss"], hist["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(host.params),
+                  jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
