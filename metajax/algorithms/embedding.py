@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax.algorithms.model_learner import model_example_ndim
 from metajax.core import losses
 from metajax.core.learner import Learner
 from metajax.core.tasks import Task, check_tasks
@@ -231,12 +232,23 @@ class EmbeddingLearner(Learner):
     return {"loss": losses.cross_entropy(logits, task.query_y)[None],
             "accuracy": losses.accuracy(logits, task.query_y)[None]}
 
+  @property
+  def example_ndim(self) -> int | None:
+    return model_example_ndim(self.model)
+
   def check(self, tasks: Task, *, batched: bool = True) -> Task:
     """:func:`check_tasks` plus: every query class has a support example.
 
-    The second check runs on host (numpy) labels only.
+    Labels must lie in ``[0, ways)``, or with ``ways=None`` in ``[0, S)``
+    (the logits are as wide as the support set), for numpy and jax labels
+    alike. The second check runs on host (numpy) labels only: it is a
+    per-task set difference, too costly to sync for on every step.
     """
-    check_tasks(tasks, batched=batched, classification=True, ways=self.ways)
+    width = self.ways
+    if width is None and len(np.shape(tasks.support_y)) > int(batched):
+      width = int(np.shape(tasks.support_y)[int(batched)])
+    check_tasks(tasks, batched=batched, classification=True, ways=self.ways,
+                num_outputs=width, example_ndim=self.example_ndim)
     sy, qy = tasks.support_y, tasks.query_y
     if isinstance(sy, np.ndarray) and isinstance(qy, np.ndarray):
       sy2, qy2 = (sy, qy) if batched else (sy[None], qy[None])

@@ -20,8 +20,26 @@ import jax.numpy as jnp
 from metajax.core import losses
 from metajax.core.learner import Learner
 from metajax.core.tasks import Task
+from metajax.models import MLP, Conv4
 
 PRE_METRICS_ON = ("support", "query")
+
+
+def model_example_ndim(model: nn.Module) -> int | None:
+  """Rank of one input example ``model`` expects, ``None`` if unknown.
+
+  A model may declare it as an ``example_ndim`` attribute; metajax's own
+  models are known: :class:`~metajax.models.Conv4` takes ``(H, W, C)``
+  images (3), :class:`~metajax.models.MLP` feature vectors (1).
+  """
+  declared = getattr(model, "example_ndim", None)
+  if declared is not None:
+    return int(declared)
+  if isinstance(model, Conv4):
+    return 3
+  if isinstance(model, MLP):
+    return 1
+  return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +80,18 @@ class ModelLearner(Learner):
   @property
   def num_outputs(self):
     return getattr(self.model, "num_outputs", None)
+
+  @property
+  def example_ndim(self):
+    return model_example_ndim(self.model)
+
+  @property
+  def target_dim(self):
+    # Only an elementwise loss ties the targets' width to the outputs'; a
+    # custom loss may read e.g. a mean and a scale per target dimension.
+    if self.classification or self.loss != "mse":
+      return None
+    return self.num_outputs
 
   @property
   def default_eval_steps(self) -> int:

@@ -87,13 +87,33 @@ class Learner(abc.ABC):
     return metrics
 
   def check(self, tasks: Task, *, batched: bool = True) -> Task:
-    """Boundary check of a task batch (``ValueError`` naming the problem)."""
+    """Boundary check of a task batch (``ValueError`` naming the problem).
+
+    Labels are checked against ``ways``, or the model's outputs when
+    ``ways`` is None, for numpy and jax arrays alike (see
+    :func:`check_tasks` for what the jax-array check costs).
+    """
     return check_tasks(tasks, batched=batched,
                        classification=self.classification, ways=self.ways,
-                       num_outputs=self.num_outputs)
+                       num_outputs=self.num_outputs,
+                       example_ndim=self.example_ndim,
+                       target_dim=self.target_dim)
 
   @property
   def num_outputs(self) -> int | None:
+    """The model's number of outputs (classes), ``None`` if unknown."""
+    return None
+
+  @property
+  def example_ndim(self) -> int | None:
+    """Rank of one input example (3 for ``(H, W, C)``), ``None`` if unknown:
+    lets :meth:`check` name a task passed without its task axis."""
+    return None
+
+  @property
+  def target_dim(self) -> int | None:
+    """Regression: the size of the targets' last axis, ``None`` if unknown:
+    lets :meth:`check` catch targets that would broadcast in the loss."""
     return None
 
   def meta_grad(self, params: Params, tasks: Task, *, iteration=0,

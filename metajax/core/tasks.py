@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -45,7 +46,9 @@ def _shape(a) -> tuple[int, ...]:
 def check_tasks(tasks: Task, *, batched: bool = True,
                 classification: bool | None = None,
                 ways: int | None = None,
-                num_outputs: int | None = None) -> Task:
+                num_outputs: int | None = None,
+                example_ndim: int | None = None,
+                target_dim: int | None = None) -> Task:
   """Validates a task batch and returns it unchanged.
 
   Args:
@@ -54,9 +57,31 @@ def check_tasks(tasks: Task, *, batched: bool = True,
     classification: ``True`` requires integer labels, ``False`` float
       targets; ``None`` infers it from ``support_y``'s dtype.
     ways: for classification, the number of classes per task; labels must lie
-      in ``[0, ways)``. Checked on concrete (non-traced) labels only.
+      in ``[0, ways)``.
     num_outputs: the model's number of outputs (classes); ``ways`` larger than
-      it is an error.
+      it is an error, and with ``ways=None`` labels must lie in
+      ``[0, num_outputs)`` instead (a label past the logits makes the
+      cross-entropy NaN, not an error).
+    example_ndim: the rank of one input example the model expects (3 for
+      ``(H, W, C)`` images, 1 for feature vectors), ``None`` if unknown; it
+      tells a single task passed without its task axis from a batch of tasks
+      of one example each.
+    target_dim: regression: the size the targets' last axis must have (the
+      model's outputs under an elementwise loss such as MSE), ``None`` if
+      unknown.
+
+  The label range is checked on concrete labels of any array type (traced
+  labels inside ``jit`` are skipped). For numpy labels it is a host
+  reduction; for jax arrays one compiled min/max of both label arrays and
+  one ``jax.device_get`` of the four numbers, so the host waits for the
+  labels to exist before the step is dispatched. Measured on CPU (labels
+  already computed): 0.05-0.1 ms per batch for jax labels and 0.01-0.02 ms
+  for numpy labels of a conv-4 5-way 1-shot batch of 32 tasks (15 queries a
+  class, 84x84x3), against a step of about 1.5 s on an accelerator (60 s on
+  this CPU), so under 0.01% of the step; regression batches such as the
+  sinusoid one have no labels to check and pay only the shape checks (about
+  7 us). A loop that must not sync each step checks its first batch only, as
+  :func:`metajax.training.fit` does on device.
 
   Raises:
     ValueError: naming the first problem found.
@@ -65,6 +90,11 @@ def check_tasks(tasks: Task, *, batched: bool = True,
     raise ValueError(f"expected a metajax.Task, got {type(tasks).__name__}")
   sx, sy, qx, qy = (_shape(a) for a in tasks)
   lead = 1 if batched else 0
+  if batched and example_ndim is not None and len(sx) == 1 + example_ndim:
+    raise ValueError(
+        f"support_x has shape {sx}: a batch of tasks needs a leading task "
+        f"axis {_layout(example_ndim, batched=True)}; for one task use "
+        "x[None]")
   for name, s in (("support_x", sx), ("support_y", sy), ("query_x", qx),
                   ("query_y", qy)):
     if len(s) < lead + 1:
@@ -115,22 +145,69 @@ def check_tasks(tasks: Task, *, batched: bool = True,
       raise ValueError(
           f"classification labels must have shape "
           f"{'(tasks, examples)' if batched else '(examples,)'}, got {sy}")
-  elif is_int or ydt.kind == "b":
+  else:
+    if is_int or ydt.kind == "b":
+      raise ValueError(
+          f"regression targets must be floating point, got {ydt}")
+    # (T, S) targets against (T, S, 1) outputs broadcast to (T, S, S) in an
+    # elementwise loss: a wrong loss, not an error.
+    if len(sy) < lead + 2:
+      raise ValueError(
+          "regression targets must be "
+          f"{'(tasks, examples, dims)' if batched else '(examples, dims)'}; "
+          f"got {sy}: add a trailing axis (y[..., None])")
+    if target_dim is not None and sy[-1] != target_dim:
+      raise ValueError(
+          f"regression targets have {sy[-1]} dims (shape {sy}) but the model "
+          f"has {target_dim} outputs")
+  if example_ndim is not None and len(sx) != lead + 1 + example_ndim:
     raise ValueError(
-        f"regression targets must be floating point, got {ydt}")
-  if classification and ways is not None:
-    if num_outputs is not None and ways > num_outputs:
+        f"support_x has shape {sx}; the model expects "
+        f"{_layout(example_ndim, batched)}")
+  if classification:
+    if ways is not None and num_outputs is not None and ways > num_outputs:
       raise ValueError(
           f"ways={ways} is larger than the model's {num_outputs} outputs")
-    for name, y in (("support_y", tasks.support_y),
-                    ("query_y", tasks.query_y)):
-      if not isinstance(y, np.ndarray):
-        continue  # device arrays: checking values would sync every step
-      if y.size and (y.min() < 0 or y.max() >= ways):
-        raise ValueError(
-            f"{name} holds labels in [{y.min()}, {y.max()}], outside "
-            f"[0, {ways}) for a {ways}-way task")
+    bound = ways if ways is not None else num_outputs
+    if bound is not None:
+      _check_label_range(tasks.support_y, tasks.query_y, bound,
+                         f"a {ways}-way task" if ways is not None
+                         else f"the model's {bound} outputs")
   return tasks
+
+
+def _layout(example_ndim: int, batched: bool) -> str:
+  """``(tasks, examples, H, W, C)``-style name of the expected input axes."""
+  per = {1: ["dims"], 3: ["H", "W", "C"]}.get(
+      example_ndim, [f"d{i}" for i in range(example_ndim)])
+  return "(" + ", ".join((["tasks"] if batched else []) + ["examples"] + per
+                         ) + ")"
+
+
+@jax.jit
+def _label_range(support_y, query_y):
+  """``[min, max]`` of each label array, as one small array (one transfer)."""
+  return jnp.stack([support_y.min(), support_y.max(), query_y.min(),
+                    query_y.max()])
+
+
+def _check_label_range(support_y, query_y, bound: int, what: str) -> None:
+  """Labels must lie in ``[0, bound)``: a label past the logits gives a NaN
+  loss and no error. Traced labels (inside ``jit``) cannot be read and are
+  skipped."""
+  if isinstance(support_y, jax.core.Tracer) or isinstance(
+      query_y, jax.core.Tracer):
+    return
+  if isinstance(support_y, np.ndarray) and isinstance(query_y, np.ndarray):
+    lo_hi = (support_y.min(), support_y.max(), query_y.min(), query_y.max())
+  else:
+    lo_hi = tuple(jax.device_get(_label_range(support_y, query_y)).tolist())
+  for name, lo, hi in (("support_y", lo_hi[0], lo_hi[1]),
+                       ("query_y", lo_hi[2], lo_hi[3])):
+    if lo < 0 or hi >= bound:
+      raise ValueError(
+          f"{name} holds labels in [{lo}, {hi}], outside [0, {bound}) for "
+          f"{what}")
 
 
 def check_ways(ways: int, num_classes: int, what: str = "the dataset") -> None:
@@ -140,6 +217,21 @@ def check_ways(ways: int, num_classes: int, what: str = "the dataset") -> None:
   if ways > num_classes:
     raise ValueError(
         f"ways={ways} is larger than the {num_classes} classes of {what}")
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+  """``value`` as an ``int``, or ``ValueError`` naming ``name``.
+
+  Samplers call this before tracing: a negative count otherwise surfaces as
+  an ``MLIRError`` from deep inside XLA, and a float one is truncated
+  silently.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+  return int(value)
 
 
 def task_slice(tasks: Task, i) -> Task:

@@ -28,8 +28,14 @@ files' names, sizes and modification times plus the preprocessing options,
 so a second load is a plain ``np.load``. Cache files never go into the
 repository.
 
-Corrupt input: a truncated or damaged zip/npz/pickle raises ``ValueError``
-naming the file (:func:`open_zip`, :func:`load_npz`, :func:`load_pickle`).
+Corrupt input: every data file is read through one of the helpers at the end
+of this module (:func:`open_zip`, :func:`load_npz`, :func:`load_npy`,
+:func:`load_pickle`, :func:`read_text`), so an empty, truncated, damaged or
+foreign file, or a Git LFS pointer checked out in place of the data, raises
+``ValueError`` naming the file and what it should have been, never a bare
+numpy/zipfile/csv error. A damaged cache entry is not an error: it is
+rebuilt from the source files with a warning naming it (each cached array
+carries a CRC-32, so flipped bits are noticed too).
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -219,18 +226,38 @@ def fingerprint(paths: Sequence[Path], **options) -> str:
 
 
 def cache_load(cache_dir: Path, key: str):
-  """``(arrays, meta)`` of a cache entry, or ``None`` if absent/unreadable."""
+  """``(arrays, meta)`` of a cache entry, or ``None`` if absent or damaged.
+
+  A damaged entry (unreadable ``meta.json``, a truncated or bit-flipped
+  ``.npy``) is reported with a warning naming the file and treated as a miss,
+  so the caller rebuilds it from the source files: the cache is disposable,
+  and an error would only make the user delete it by hand.
+  """
   entry = Path(cache_dir) / key
   meta_path = entry / "meta.json"
   if not meta_path.is_file():
     return None
+  bad = meta_path
   try:
-    meta = json.loads(meta_path.read_text())
-    arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False)
-              for name in meta["arrays"]}
-  except (OSError, ValueError, KeyError, EOFError):
-    return None  # damaged cache: rebuilt by the caller
-  return arrays, meta["meta"]
+    meta = json.loads(read_text(meta_path, "a metajax cache index (JSON)"))
+    crcs = meta.get("crc32", {})
+    arrays = {}
+    for name in meta["arrays"]:
+      bad = entry / f"{name}.npy"
+      a = load_npy(bad, "a cached array")
+      if name in crcs and _crc32(a) != crcs[name]:
+        raise ValueError(f"{bad}: CRC-32 mismatch (flipped bits)")
+      arrays[name] = a
+    return arrays, meta["meta"]
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    warnings.warn(f"damaged cache entry {bad} ({e}); rebuilding it",
+                  RuntimeWarning, stacklevel=2)
+    return None
+
+
+def _crc32(a: np.ndarray) -> int:
+  """CRC-32 of an array's bytes (a few hundred MB/s: cheap next to decoding)."""
+  return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
 
 
 def cache_save(cache_dir: Path, key: str, arrays: dict, meta: dict) -> Path:
@@ -243,7 +270,8 @@ def cache_save(cache_dir: Path, key: str, arrays: dict, meta: dict) -> Path:
     for name, a in arrays.items():
       np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
     (tmp / "meta.json").write_text(json.dumps(
-        {"arrays": sorted(arrays), "meta": meta}, default=str))
+        {"arrays": sorted(arrays), "meta": meta,
+         "crc32": {n: _crc32(a) for n, a in arrays.items()}}, default=str))
     if entry.exists():
       shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
@@ -268,45 +296,142 @@ def cached(cache_dir, use_cache: bool, key: str,
 
 
 # -- robust readers ------------------------------------------------------------
+#: how every Git LFS pointer file begins (the spec version follows).
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+_REFETCH = "delete it and fetch the file again"
+
+
+def check_file(path, what: str) -> Path:
+  """``path`` if it is a non-empty file that is not a Git LFS pointer.
+
+  A clone without ``git lfs`` checks out ~130-byte text pointers in place of
+  large files; every format reader would then fail with its own confusing
+  message (numpy's "allow_pickle", zipfile's "not a zip file"), so this is
+  checked first and said plainly. ``what`` names the expected content.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    ValueError: it is empty or an LFS pointer; the message names the file.
+  """
+  path = Path(path)
+  with open(path, "rb") as f:
+    head = f.read(len(LFS_POINTER_PREFIX))
+  if not head:
+    raise ValueError(f"{path} is empty; expected {what}: {_REFETCH}")
+  if head == LFS_POINTER_PREFIX:
+    raise ValueError(
+        f"{path} is a Git LFS pointer, not the data: run `git lfs pull` in the"
+        f" repository it came from (or fetch the real file); expected {what}")
+  return path
+
+
+def _unreadable(path: Path, what: str, e: BaseException) -> ValueError:
+  return ValueError(f"{path} is not {what} (corrupt, truncated or another "
+                    f"format: {type(e).__name__}: {e}); {_REFETCH}")
+
+
+def read_text(path, what: str = "a UTF-8 text file") -> str:
+  """Contents of a small text file (CSV, split list, JSON) as ``str``.
+
+  Binary content (a zip, random bytes, an LFS pointer, an empty file) raises
+  ``ValueError`` naming the file instead of a ``UnicodeDecodeError`` or a
+  parser error without it. A UTF-8 byte-order mark is dropped.
+  """
+  path = check_file(path, what)
+  data = path.read_bytes()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not a UTF-8 text file (byte {e.start} is "
+                     f"{data[e.start:e.start + 1]!r}); expected {what}: "
+                     f"{_REFETCH}") from e
+  if "\x00" in text:
+    raise ValueError(f"{path} holds NUL bytes, so it is binary, not {what}: "
+                     f"{_REFETCH}")
+  return text
+
+
+def load_json(path, what: str = "a JSON file"):
+  """Parsed JSON of ``path``; a malformed file raises ``ValueError`` naming it."""
+  text = read_text(path, what)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from e
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
   """Opens a zip archive; a corrupt or truncated one raises ``ValueError``."""
-  path = Path(path)
+  path = check_file(path, "a zip archive")
   try:
     return zipfile.ZipFile(path)
-  except (zipfile.BadZipFile, EOFError, OSError) as e:
-    if isinstance(e, FileNotFoundError):
-      raise
+  except FileNotFoundError:
+    raise
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError,
+          NotImplementedError) as e:
     raise ValueError(
         f"{path} is not a readable zip archive (corrupt or truncated: {e}); "
-        "delete it and fetch the file again") from e
+        f"{_REFETCH}") from e
 
 
 def read_zip_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
   """Bytes of one member; CRC errors / truncation raise ``ValueError``."""
   try:
     return zf.read(name)
-  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+          NotImplementedError, RuntimeError) as e:
+    # RuntimeError: a flipped flag bit makes a member look encrypted.
     raise ValueError(
         f"{path}: member {name!r} cannot be read (corrupt or truncated "
-        f"archive: {e}); delete it and fetch the file again") from e
+        f"archive: {e}); {_REFETCH}") from e
 
 
 def load_npz(path: Path, keys: Sequence[str]) -> dict:
-  """Arrays ``keys`` of an ``.npz``; a damaged file raises ``ValueError``."""
-  path = Path(path)
+  """Arrays ``keys`` of an ``.npz``; a damaged or foreign file raises ``ValueError``.
+
+  ``np.load`` reports a file that is not a zip (random bytes, an LFS
+  pointer) as a pickle it refuses to load, without naming the file; every
+  such failure, at open or when an array is decoded, is turned into an
+  error that names the file and the arrays expected.
+  """
+  what = f"an .npz archive holding array(s) {list(keys)}"
+  path = check_file(path, what)
   try:
-    with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in keys if k not in f.files]
-      if missing:
-        raise ValueError(
-            f"{path} lacks array(s) {missing}; it holds {f.files}")
-      return {k: f[k] for k in keys}
+    f = np.load(path, allow_pickle=False)
   except FileNotFoundError:
     raise
-  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-    raise ValueError(
-        f"{path} is not a readable .npz file (corrupt or truncated: {e}); "
-        "delete it and fetch the file again") from e
+  except Exception as e:  # numpy raises anything from ValueError to EOFError
+    raise _unreadable(path, what, e) from e
+  if not isinstance(f, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} holds a single array of shape {np.shape(f)}, "
+                     f"not {what}")
+  with f:
+    missing = [k for k in keys if k not in f.files]
+    if missing:
+      raise ValueError(
+          f"{path} lacks array(s) {missing}; it holds {f.files}")
+    out = {}
+    for k in keys:
+      try:
+        out[k] = f[k]
+      except Exception as e:  # CRC/zlib errors, bad headers, object arrays
+        raise _unreadable(path, what, e) from e
+  return out
+
+
+def load_npy(path, what: str = "a .npy array") -> np.ndarray:
+  """One ``.npy`` array; a damaged or foreign file raises ``ValueError``."""
+  path = check_file(path, what)
+  try:
+    a = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # see load_npz
+    raise _unreadable(path, what, e) from e
+  if not isinstance(a, np.ndarray):
+    a.close()
+    raise ValueError(f"{path} is an .npz archive, not {what}")
+  return a
 
 
 def load_pickle(path: Path):
@@ -314,7 +439,7 @@ def load_pickle(path: Path):
 
   Only open pickles you trust: unpickling can run code.
   """
-  path = Path(path)
+  path = check_file(path, "a pickle")
   try:
     with open(path, "rb") as f:
       try:
@@ -324,11 +449,13 @@ def load_pickle(path: Path):
         return pickle.load(f, encoding="latin1")
   except FileNotFoundError:
     raise
-  except (pickle.UnpicklingError, EOFError, ValueError, AttributeError,
-          ImportError, IndexError, OSError) as e:
+  except Exception as e:
+    # Damaged bytes can fail in any opcode: UnpicklingError, EOFError,
+    # KeyError (bad memo), TypeError, struct.error, MemoryError (a damaged
+    # length field), ... all mean "damaged".
     raise ValueError(
-        f"{path} is not a readable pickle (corrupt or truncated: {e}); "
-        "delete it and fetch the file again") from e
+        f"{path} is not a readable pickle (corrupt or truncated: "
+        f"{type(e).__name__}: {e}); {_REFETCH}") from e
 
 
 def first_existing(candidates: Iterable[Path]) -> Path | None:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.core.tasks import Task
+from metajax.core.tasks import Task, check_count
 
 LENGTH_SCALE = 0.4
 SIGMA = 1.0
@@ -145,9 +145,18 @@ def sample_tasks(rng: jax.Array, num_tasks: int, *,
     ``(T, num_targets, 1)``; the first ``num_context`` targets are the
     context points (training), or the context is a subset of the targets
     (testing).
+
+  Raises:
+    ValueError: a count that is not an integer in range, a bad ``x_range``
+      or kernel, naming the argument (before anything is traced).
   """
-  if num_tasks < 1:
-    raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+  num_tasks = check_count("num_tasks", num_tasks)
+  max_context = check_count("max_context", max_context, 4)
+  num_grid = check_count("num_grid", num_grid)
+  if num_context is not None:
+    num_context = check_count("num_context", num_context)
+  if num_extra is not None:
+    num_extra = check_count("num_extra", num_extra, 0)
   lo, hi = x_range
   if not lo < hi:
     raise ValueError(f"x_range must be (low, high) with low < high, got "
@@ -157,10 +166,6 @@ def sample_tasks(rng: jax.Array, num_tasks: int, *,
   nc, ne = sample_counts(k_counts, max_context)
   num_context = nc if num_context is None else num_context
   num_extra = ne if num_extra is None else num_extra
-  if num_context < 1:
-    raise ValueError(f"num_context must be >= 1, got {num_context}")
-  if num_extra < 0:
-    raise ValueError(f"num_extra must be >= 0, got {num_extra}")
   if testing and num_grid < num_context:
     raise ValueError(
         f"num_grid={num_grid} is smaller than num_context={num_context}")

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
+import re
 import tarfile
 from pathlib import Path
 from typing import Sequence
@@ -166,17 +167,34 @@ def _str(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 
 
+_WNID = re.compile(r"n\d{8}")
+
+
+def _check_wnids(path: Path, values: Sequence[str], column: str):
+  """Every ``column`` value must be an ImageNet WordNet id (``n01532829``).
+
+  Both split formats hold nothing else there, so this is what catches a file
+  cut off in its last row (``n015``), which the CSV reader accepts.
+  """
+  bad = [v for v in values if not _WNID.fullmatch(v.strip())]
+  if bad:
+    raise ValueError(
+        f"{path}: {len(bad)} {column}(s) are not WordNet ids like n01532829, "
+        f"e.g. {bad[0]!r} (truncated or damaged file?)")
+
+
 # -- mini-ImageNet -------------------------------------------------------------
 def read_ravi_csv(path) -> tuple[list[str], list[str]]:
   """``(filenames, wnids)`` of a Ravi split CSV (header ``filename,label``)."""
   path = Path(path)
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
+  rows = list(csv.reader(io.StringIO(
+      dd.read_text(path, "a 'filename,label' CSV"), newline="")))
   if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
     raise ValueError(f"{path}: expected a 'filename,label' header")
   body = [r for r in rows[1:] if r]
   if any(len(r) < 2 for r in body):
     raise ValueError(f"{path}: every row needs 'filename,label'")
+  _check_wnids(path, [r[1] for r in body], "label")
   return [r[0] for r in body], [r[1] for r in body]
 
 
@@ -346,10 +364,13 @@ def _labelled_pickle(path: Path, dataset: str, split: str, image_size,
 def read_tiered_csv(path) -> tuple[list[str], list[str]]:
   """``(wnids, categories)`` of a tieredImageNet split CSV (no header)."""
   path = Path(path)
-  with open(path, newline="") as f:
-    rows = [r for r in csv.reader(f) if r]
+  rows = [r for r in csv.reader(io.StringIO(
+      dd.read_text(path, "a 'wnid,category' CSV"), newline="")) if r]
+  if not rows:
+    raise ValueError(f"{path} lists no classes; expected 'wnid,category' rows")
   if any(len(r) < 2 for r in rows):
     raise ValueError(f"{path}: every row needs 'wnid,category'")
+  _check_wnids(path, [r[0] for r in rows] + [r[1] for r in rows], "wnid")
   return [r[0] for r in rows], [r[1] for r in rows]
 
 
@@ -489,7 +510,7 @@ def read_cifar_split(data_dir, benchmark: str, split: str
   folder = {"cifar_fs": "cifar-fs", "fc100": "fc100"}[benchmark]
   path = dd.split_file(data_dir, "torchmeta_assets", "cifar100", folder,
                        f"{split}.json")
-  items = json.loads(path.read_text())
+  items = dd.load_json(path, "torchmeta's split JSON")
   if benchmark == "cifar_fs":
     if not all(isinstance(p, list) and len(p) == 2 for p in items):
       raise ValueError(f"{path}: expected [[superclass, class], ...]")
@@ -514,6 +535,7 @@ def _cifar100_arrays(source: Path):
     parts = parts_from_dir(source)
   else:
     import pickle
+    dd.check_file(source, "cifar-100-python.tar.gz")
     parts = {}
     try:
       with tarfile.open(source) as tf:
@@ -522,7 +544,9 @@ def _cifar100_arrays(source: Path):
           if name in ("train", "test", "meta") and m.isfile():
             parts[name] = pickle.loads(tf.extractfile(m).read(),
                                        encoding="latin1")
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as e:
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # tar, gzip, zlib and unpickling errors alike
       raise ValueError(f"{source} is not a readable CIFAR-100 archive "
                        f"(corrupt or truncated: {e})") from e
     if set(parts) != {"train", "test", "meta"}:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import re
 from pathlib import Path
 from typing import Sequence
@@ -252,20 +253,33 @@ def _index_candidates(root: Path) -> list[Path]:
 def read_index(path) -> dict[str, list[tuple[int, int, str, str]]]:
   """``omniglot_index.csv`` as ``{set: [(global_id, npz_row, alphabet, character)]}``.
 
-  Rows of each set are sorted by ``npz_row``.
+  Rows of each set are sorted by ``npz_row``. Every row is checked, so a
+  truncated or damaged file raises ``ValueError`` naming the file and line
+  rather than a ``TypeError`` from a missing field.
   """
   path = Path(path)
+  need = ("global_id", "set", "npz_label", "alphabet", "character")
+  what = f"a CSV with columns {','.join(need)}"
+  reader = csv.DictReader(io.StringIO(dd.read_text(path, what), newline=""))
+  if not set(need) <= set(reader.fieldnames or ()):
+    raise ValueError(
+        f"{path} must have columns {sorted(need)}, has {reader.fieldnames}")
   out: dict[str, list] = {}
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    need = {"global_id", "set", "npz_label", "alphabet", "character"}
-    if not need <= set(reader.fieldnames or ()):
+  for r in reader:
+    line = reader.line_num
+    if any(r.get(k) in (None, "") for k in need) or None in r:
       raise ValueError(
-          f"{path} must have columns {sorted(need)}, has {reader.fieldnames}")
-    for r in reader:
-      out.setdefault(r["set"], []).append(
-          (int(r["global_id"]), int(r["npz_label"]), r["alphabet"],
-           r["character"]))
+          f"{path}:{line}: expected the {len(need)} fields {','.join(need)}, "
+          f"got {list(r.values())} (truncated or "
+          f"damaged file?)")
+    try:
+      ids = int(r["global_id"]), int(r["npz_label"])
+    except ValueError as e:
+      raise ValueError(f"{path}:{line}: global_id and npz_label must be "
+                       f"integers ({e})") from e
+    out.setdefault(r["set"], []).append((*ids, r["alphabet"], r["character"]))
+  if not out:
+    raise ValueError(f"{path} has a header but no rows; expected {what}")
   for rows in out.values():
     rows.sort(key=lambda r: r[1])
   return out

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metajax.core.tasks import Task
+from metajax.core.tasks import Task, check_count
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -58,9 +58,14 @@ def sample_tasks(rng: jax.Array, num_tasks: int, support: int, query: int, *,
   Returns:
     A :class:`~metajax.Task` with ``x``/``y`` of shape ``(T, K, 1)`` and
     ``(T, query, 1)`` (and the task parameters if asked).
+
+  Raises:
+    ValueError: a count that is not an integer >= 1 (checked before tracing,
+      where it would be an ``MLIRError``).
   """
-  if support < 1 or query < 1:
-    raise ValueError(f"support and query must be >= 1, got {support}, {query}")
+  num_tasks = check_count("num_tasks", num_tasks)
+  support = check_count("support", support)
+  query = check_count("query", query)
   kp, kx = jax.random.split(rng)
   params = sample_params(kp, num_tasks, amplitude=amplitude, phase=phase,
                          dtype=dtype)

@@ -50,14 +50,16 @@ def read_vinyals_split(data_dir=None) -> dict[str, list[str]]:
 
   Raises:
     FileNotFoundError: the split files are missing.
-    ValueError: a line is malformed or a character does not list all four
-      rotations.
+    ValueError: a file is empty or binary, a line is malformed or a
+      character does not list all four rotations (the message names the
+      file).
   """
   out = {}
   for part in VINYALS_PARTS:
     path = dd.split_file(data_dir, "omniglot_vinyals", f"{part}.txt")
     rots: dict[str, set[str]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = dd.read_text(path, "lines 'Alphabet/characterNN/rotDDD'")
+    for n, line in enumerate(text.splitlines(), 1):
       line = line.strip()
       if not line:
         continue
@@ -66,6 +68,9 @@ def read_vinyals_split(data_dir=None) -> dict[str, list[str]]:
         raise ValueError(
             f"{path}:{n}: expected 'Alphabet/characterNN/rotDDD', got {line!r}")
       rots.setdefault(f"{bits[0]}/{bits[1]}", set()).add(bits[2])
+    if not rots:
+      raise ValueError(f"{path} lists no characters; expected lines "
+                       "'Alphabet/characterNN/rotDDD'")
     partial = [c for c, r in rots.items() if len(r) != 4]
     if partial:
       raise ValueError(

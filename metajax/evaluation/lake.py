@@ -108,9 +108,13 @@ def load_lake_runs(path=None, *, data_dir=None, size=None,
     for label_file in sorted(n for n in names if _LABELS.search(n)):
       run = _LABELS.search(label_file).group(1)
       prefix = label_file[:label_file.rindex(run)]
-      pairs = [line.split() for line in
-               read(label_file).decode().splitlines() if line.strip()]
-      if any(len(p) != 2 for p in pairs):
+      try:
+        text = read(label_file).decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{label_file} is not text ({e}); expected "
+                         "'test train' pairs, one per line") from e
+      pairs = [line.split() for line in text.splitlines() if line.strip()]
+      if not pairs or any(len(p) != 2 for p in pairs):
         raise ValueError(f"{path}:{label_file}: expected 'test train' pairs")
       tests = sorted(p[0] for p in pairs)
       trains = sorted({p[1] for p in pairs})
