@@ -74,14 +74,15 @@ def check_tasks(tasks: Task, *, batched: bool = True,
   labels inside ``jit`` are skipped). For numpy labels it is a host
   reduction; for jax arrays one compiled min/max of both label arrays and
   one ``jax.device_get`` of the four numbers, so the host waits for the
-  labels to exist before the step is dispatched. Measured on CPU (labels
-  already computed): 0.05-0.1 ms per batch for jax labels and 0.01-0.02 ms
-  for numpy labels of a conv-4 5-way 1-shot batch of 32 tasks (15 queries a
-  class, 84x84x3), against a step of about 1.5 s on an accelerator (60 s on
-  this CPU), so under 0.01% of the step; regression batches such as the
-  sinusoid one have no labels to check and pay only the shape checks (about
-  7 us). A loop that must not sync each step checks its first batch only, as
-  :func:`metajax.training.fit` does on device.
+  labels to exist before the step is dispatched. Measured on a 2-core CPU
+  (labels already computed): 0.05-0.1 ms per batch for jax labels and
+  0.01-0.02 ms for numpy labels of a conv-4 5-way 1-shot batch of 32 tasks
+  (15 queries a class, 84x84x3), against a meta-step of about 60 s on that
+  batch (1.6 s at Omniglot's 28x28), so well under 0.01% of the step;
+  regression batches such as the sinusoid one have no labels to check and
+  pay only the shape checks (about 7 us). A loop that must not sync each
+  step checks its first batch only, as :func:`metajax.training.fit` does on
+  device.
 
   Raises:
     ValueError: naming the first problem found.
