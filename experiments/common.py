@@ -3,11 +3,9 @@
 * :class:`ModelMetrics`: the ``on_metrics`` callback of one trained model,
   writing its rows under its own split (``"maml_K10/train"``) of the run's
   ``metrics.jsonl``. A run folder can hold several models trained one after
-  another (the sinusoid experiment trains MAML and a baseline), and
-  ``MetricsLog.truncate_after`` (:mod:`metajax.experiment.metrics_log`)
-  drops the rows of *every* split from a step on; a resumed model must only
-  forget its own rows past its checkpoint, so the callback re-logs the other
-  models' rows that the truncation removed.
+  another (the sinusoid experiment trains MAML and a baseline); a resumed
+  model forgets only its own rows past its checkpoint
+  (``MetricsLog.truncate_after(step, split=...)``).
 * :func:`budget`: ``"full"`` or ``"shortened"``, the label every results file
   carries so that a short run is never read as a reproduction.
 * :func:`check_int`, :func:`check_positive`, :func:`check_choice`: the
@@ -52,12 +50,6 @@ def budget(iterations: int, paper_iterations: int) -> str:
   return FULL if iterations >= paper_iterations else SHORTENED
 
 
-def _scalars(row: Mapping) -> dict:
-  # metrics.jsonl stores non-finite values as null; write them back as NaN.
-  return {k: math.nan if v is None else v for k, v in row.items()
-          if k not in ("step", "split")}
-
-
 class ModelMetrics:
   """``on_metrics`` of one model's :func:`metajax.training.fit`.
 
@@ -84,13 +76,4 @@ class ModelMetrics:
   def _forget_from(self, step: int) -> None:
     """Drops this model's rows from ``step`` on (logged by an interrupted run
     after its last checkpoint), keeping every other model's rows."""
-    rows = metrics_lib.read_metrics(self.log.path.parent)
-    stale = [r for r in rows if r.get("split") == self.split
-             and isinstance(r.get("step"), int) and r["step"] >= step]
-    if not stale:
-      return
-    others = [r for r in rows if r.get("split") != self.split
-              and isinstance(r.get("step"), int) and r["step"] >= step]
-    self.log.truncate_after(step)
-    for r in others:
-      self.log.write(r["step"], _scalars(r), prefix=r.get("split", "train"))
+    self.log.truncate_after(step, split=self.split)

@@ -162,18 +162,24 @@ class MetricsLog:
                metrics: Mapping[str, np.ndarray]) -> None:
     self.write_many(first_step, metrics)
 
-  def truncate_after(self, step: int) -> None:
-    """Keeps only the rows with ``step < step``, for a run resumed at ``step``.
+  def truncate_after(self, step: int, split: str | None = None) -> None:
+    """Drops the rows with ``step >= step``, for a run resumed at ``step``.
 
-    Rewrites ``metrics.jsonl`` atomically and starts the next TensorBoard
-    writer with ``purge_step=step``, which hides the old events from ``step``
-    on in TensorBoard.
+    With ``split``, only that split's rows go (a folder holding several
+    models trained one after another resumes one of them); the others stay.
+    Rewrites ``metrics.jsonl`` atomically. Without ``split`` the next
+    TensorBoard writer starts with ``purge_step=step``, which hides the old
+    events from ``step`` on; with it nothing is purged, since a purge would
+    hide the other splits too, and a resumed run rewrites the same values
+    (resume is exact).
     """
     self._check_open()
     self._file.close()
     self._file = None
     keep = [r for r in read_metrics(self.path.parent)
-            if isinstance(r.get("step"), int) and r["step"] < step]
+            if isinstance(r.get("step"), int) and (
+                r["step"] < step or
+                (split is not None and r.get("split") != split))]
     fd, tmp = tempfile.mkstemp(dir=self.path.parent,
                                prefix=f".{self.path.name}.", suffix=".tmp")
     try:
@@ -187,6 +193,8 @@ class MetricsLog:
       raise
     finally:
       self._file = open(self.path, "a")
+    if split is not None:
+      return
     if self._writer is not None:
       self._writer.close()
       self._writer = None

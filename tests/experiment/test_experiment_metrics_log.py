@@ -135,6 +135,19 @@ def test_truncate_after_purges_tensorboard_from_that_step(tmp_path):
               (4, 40.0), (5, 50.0)]
 
 
+def test_truncate_after_one_split_keeps_the_others(tmp_path):
+  with M.MetricsLog(tmp_path) as log:
+    log.write_many(0, {"loss": np.arange(4.0)}, prefix="a/train")
+    log.write_many(0, {"loss": 10 + np.arange(4.0)}, prefix="b/train")
+  with M.MetricsLog(tmp_path) as log:
+    log.truncate_after(2, split="b/train")
+    log.write_many(2, {"loss": np.array([20.0, 30.0])}, prefix="b/train")
+  rows = [(r["split"], r["step"], r["loss"]) for r in M.read_metrics(tmp_path)]
+  assert rows == ([("a/train", i, float(i)) for i in range(4)] +
+                  [("b/train", 0, 10.0), ("b/train", 1, 11.0),
+                   ("b/train", 2, 20.0), ("b/train", 3, 30.0)])
+
+
 def test_tensorboard_nan_is_kept_as_nan(tmp_path):
   with M.MetricsLog(tmp_path) as log:
     log.write(0, {"loss": float("nan")})
