@@ -1,20 +1,22 @@
 """Training and evaluation of the CNP on 1-D Gaussian-process regression.
 
 :func:`train_and_evaluate` meta-trains through :func:`metajax.training.fit`
-with the GP sampler on the host (``sampler_on_device=False``: each batch's
-context and target counts are host integers, so the compiled step is
-specialised to each of the at most ``(max_context - 3) * (max_context - 2)``
-batch shapes once). The tasks of step ``i`` come from
-``fold_in(data_key, i)`` with ``data_key`` the second half of
-``split(PRNGKey(seed))``, so a resumed run sees the same batches as an
+with the GP sampler on device (``sampler_on_device=True``): each batch's
+context and target counts are drawn inside the compiled chunk and the
+batch is padded to the largest shape (:mod:`metajax.data.gp`), so the whole
+run compiles one chunk of ``steps_per_call`` meta-steps. The tasks of step
+``i`` come from ``fold_in(data_key, i)`` with ``data_key`` the second half
+of ``split(PRNGKey(seed))``, so a resumed run sees the same batches as an
 uninterrupted one. Checkpoints go to ``<workdir>/checkpoints/cnp``, per-step
 metrics under ``cnp/train`` in ``<workdir>/metrics.jsonl``.
 
-Test tasks are functions on a 400-point grid with a random context subset,
-drawn from ``eval_seed`` by :func:`metajax.evaluation.evaluate`. The result
-is the mean predictive log-likelihood per target point (and the MSE of the
-predictive mean) over the test tasks with a 95% interval, plus figures of
-the predictive mean and +-2 sigma band on a few test functions.
+Test tasks are functions on a 400-point grid with a random context subset
+(its size drawn per task, padded likewise), drawn from ``eval_seed`` by
+:func:`metajax.evaluation.evaluate`. The result is the mean predictive
+log-likelihood per target point (and the MSE of the predictive mean) over
+the test tasks with a 95% interval, plus figures of the predictive mean and
++-2 sigma band on a few test functions (drawn without the padding,
+:func:`metajax.data.gp.unpad`).
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def figures(cfg: configs.Config, learner, params, workdir: pathlib.Path
   tasks = sample(cfg, key, cfg.plots, testing=True)
   names = []
   for j in range(cfg.plots):
-    t = task_slice(tasks, j)
+    t = gp.unpad(task_slice(tasks, j))
     pred = learner.predict(params,
                            learner.adapt(params, t.support_x, t.support_y),
                            t.query_x)
@@ -113,7 +115,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
         steps_per_call=cfg.steps_per_call,
         checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / METHOD,
         checkpoint_every=cfg.checkpoint_every, progress=progress,
-        desc=METHOD, on_metrics=metrics, sampler_on_device=False)
+        desc=METHOD, on_metrics=metrics, sampler_on_device=True)
     train_s = time.time() - t0
   t0 = time.time()
   result = evaluation.evaluate(
@@ -122,6 +124,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       num_tasks=cfg.eval_tasks, seed=cfg.eval_seed, steps=None,
       batch_size=cfg.eval_batch, task_map="vmap",
       config={"max_context": cfg.max_context,
+              "num_context": f"U{{3, ..., {cfg.max_context - 1}}} per task",
               "length_scale": cfg.length_scale, "num_grid": gp.NUM_GRID})
   eval_s = time.time() - t0
   nll = result.per_task["loss"][:, -1]

@@ -19,16 +19,31 @@ unless ``train_ways``/``train_shots``/``train_queries`` are set (ProtoNets
 trains 60-way, Reptile 10-shot). Optimisation-based learners end in a
 linear head of one output per class, so they train and test with the same
 number of ways.
+
+Batch norm (``norm``) is a first-class choice, recorded in every results
+file: ``'transductive'`` (statistics of each batch, per task: MAML's and
+Reptile's ``--transductive``), ``'running'`` (batch statistics in training,
+running averages at test: ProtoNets' ``eval()``), ``'maml'`` (cbfinn/maml's
+offset-only batch norm; with ``adapt_norm=False`` it stays out of the inner
+loop as there) or ``'none'``.
+
+The papers' own protocols are named configs, ``paper_<method>_<N>w<K>s``
+(see :func:`paper_config` and ``--config``): network, batch-norm policy,
+episodes, optimiser, schedule and full budget of each cell as the official
+code ran it, with its published number; ``--set iterations=...`` runs one
+shortened (the results say so).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from experiments import common
 from metajax import configs as paper_configs
 from metajax.algorithms import registry
 from metajax.core import task_map as task_map_lib
 from metajax.data import omniglot, sampler, splits
+from metajax.core import masks
 from metajax.models import Conv4
 from metajax.models import conv4 as conv4_lib
 from metajax.models import layers
@@ -42,6 +57,11 @@ FEATURE_METHODS = ("protonet", "matchingnet", "r2d2", "metaoptnet",
 METHODS = HEAD_METHODS + FEATURE_METHODS
 #: config fields that override the paper's learner hyperparameters.
 LEARNER_OVERRIDES = ("inner_lr", "inner_steps", "eval_inner_steps")
+#: head methods whose learner takes an adapt mask (``adapt_norm=False``).
+MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
+#: which classes meta-train: the split's training classes, or training and
+#: validation classes together (ProtoNets' final retraining).
+TRAIN_CLASSES = ("train", "trainval")
 
 
 @dataclasses.dataclass
@@ -60,16 +80,40 @@ class Config:
       :data:`metajax.data.sampler.ROTATIONS` (rotations as new classes by
       default, as ProtoNets).
     image_size: images are resized to ``image_size`` squared.
+    eval_rotation: the test episodes' rotation policy (``None``: as
+      ``rotation``; Reptile's code does not rotate test characters).
     filters, blocks, downsample, norm, features: the conv-4 backbone
       (:class:`metajax.models.Conv4`): channels, conv blocks, ``'maxpool'``
-      or ``'stride'`` downsampling, batch-norm policy, and whether the head
-      (or the metric learners) see the ``'flatten'``-ed map or its spatial
-      mean (``'pool'``).
+      or ``'stride'`` downsampling, batch-norm policy (one of
+      :data:`metajax.models.layers.NORMS`), and whether the head (or the
+      metric learners) see the ``'flatten'``-ed map or its spatial mean
+      (``'pool'``).
+    head_init: the head's kernel initialiser (``'normal'``: N(0, 1), as
+      cbfinn/maml).
+    adapt_norm: whether batch norm's parameters adapt in the inner loop
+      (``False``: cbfinn/maml's fast weights, which leave them out).
     inner_lr, inner_steps, eval_inner_steps: the learner's inner loop;
       ``None``: the paper's values.
     iterations: meta-training steps.
     meta_batch: tasks per meta-step.
     meta_lr: Adam's learning rate (not Reptile's: see the module docstring).
+    adam_eps: Adam's epsilon (iMAML's code: 1e-3).
+    lr_decay_every, lr_decay: multiply ``meta_lr`` by ``lr_decay`` every
+      ``lr_decay_every`` meta-steps (ProtoNets: halved every 2000
+      episodes); ``None``: constant.
+    anneal_iterations: Reptile's meta step anneals over this many steps
+      (the paper's 100,000); ``None``: over this run's ``iterations``.
+    train_classes: ``'train'`` or ``'trainval'`` (train on the training and
+      validation classes).
+    val_every: validate every this many meta-steps on ``val_tasks``
+      episodes of the validation classes (drawn from ``val_seed``) and
+      test the best validated weights (early stopping); ``None``: no
+      validation, test the last weights.
+    val_tasks, val_seed: the validation episodes.
+    patience: stop after this many validations without improvement.
+    retrain_trainval: after early stopping, retrain from scratch on the
+      training and validation classes for the best validated number of
+      steps and test that model (ProtoNets' ``run_trainval.py``).
     eval_tasks: test tasks (600, as MAML and ProtoNets).
     eval_seed: the test-task stream (the same tasks for every method).
     eval_steps: inner steps at test time; ``None``: the learner's own.
@@ -89,18 +133,31 @@ class Config:
   train_queries: int | None = None
   split: str = "vinyals"
   rotation: str = "classes"
+  eval_rotation: str | None = None
   image_size: int = 28
   filters: int = 32
   blocks: int = 4
   downsample: str = "maxpool"
   norm: str = "transductive"
   features: str = "flatten"
+  head_init: str = "lecun_normal"
+  adapt_norm: bool = True
   inner_lr: float | None = None
   inner_steps: int | None = None
   eval_inner_steps: int | None = None
   iterations: int = 500
   meta_batch: int = 8
   meta_lr: float = 1e-3
+  adam_eps: float = 1e-8
+  lr_decay_every: int | None = None
+  lr_decay: float = 0.5
+  anneal_iterations: int | None = None
+  train_classes: str = "train"
+  val_every: int | None = None
+  val_tasks: int = 200
+  val_seed: int = 1
+  patience: int = 20
+  retrain_trainval: bool = False
   eval_tasks: int = 600
   eval_seed: int = 0
   eval_steps: int | None = None
@@ -157,12 +214,26 @@ class Config:
           f"ways={self.ways})")
     common.check_choice("split", self.split, splits.SPLITS)
     common.check_choice("rotation", self.rotation, sampler.ROTATIONS)
+    if self.eval_rotation is not None:
+      common.check_choice("eval_rotation", self.eval_rotation,
+                          sampler.ROTATIONS)
     common.check_int("blocks", self.blocks, 1)
     common.check_int("image_size", self.image_size, 2 ** self.blocks)
     common.check_int("filters", self.filters, 1)
     common.check_choice("downsample", self.downsample, conv4_lib.DOWNSAMPLE)
     common.check_choice("features", self.features, conv4_lib.FEATURES)
     common.check_choice("norm", self.norm, layers.NORMS)
+    common.check_choice("head_init", self.head_init,
+                        tuple(conv4_lib.HEAD_INITS))
+    common.check_choice("adapt_norm", self.adapt_norm, (True, False))
+    if not self.adapt_norm and self.method not in MASKED_METHODS:
+      raise ValueError(
+          f"adapt_norm=False applies to {', '.join(MASKED_METHODS)} (their "
+          f"inner loop takes an adapt mask), not {self.method}")
+    if self.norm == "running" and self.method == "mamlpp":
+      raise ValueError(
+          "norm='running' does not apply to mamlpp (MAML++ keeps per-step "
+          "batch statistics of its own)")
     if self.inner_lr is not None:
       common.check_positive("inner_lr", self.inner_lr)
     if self.inner_steps is not None:
@@ -172,6 +243,28 @@ class Config:
     common.check_int("iterations", self.iterations, 1)
     common.check_int("meta_batch", self.meta_batch, 1)
     common.check_positive("meta_lr", self.meta_lr)
+    common.check_positive("adam_eps", self.adam_eps)
+    if self.lr_decay_every is not None:
+      common.check_int("lr_decay_every", self.lr_decay_every, 1)
+    common.check_positive("lr_decay", self.lr_decay)
+    if self.anneal_iterations is not None:
+      common.check_int("anneal_iterations", self.anneal_iterations, 1)
+    common.check_choice("train_classes", self.train_classes, TRAIN_CLASSES)
+    if self.val_every is not None:
+      common.check_int("val_every", self.val_every, 1)
+      if self.split == "lake":
+        raise ValueError("val_every needs validation classes; the 'lake' "
+                         "split has none")
+    common.check_int("val_tasks", self.val_tasks, 1)
+    common.check_int("val_seed", self.val_seed, 0)
+    common.check_int("patience", self.patience, 1)
+    common.check_choice("retrain_trainval", self.retrain_trainval,
+                        (True, False))
+    if self.retrain_trainval and (self.val_every is None
+                                  or self.train_classes != "train"):
+      raise ValueError(
+          "retrain_trainval needs early stopping (val_every) on the "
+          "training classes (train_classes='train')")
     common.check_int("eval_tasks", self.eval_tasks, 1)
     common.check_int("eval_seed", self.eval_seed, 0)
     if self.eval_steps is not None:
@@ -212,7 +305,7 @@ def backbone(cfg: Config) -> Conv4:
   return Conv4(num_outputs=cfg.ways if cfg.method in HEAD_METHODS else None,
                filters=cfg.filters, blocks=cfg.blocks,
                downsample=cfg.downsample, norm=cfg.norm,
-               features=cfg.features)
+               features=cfg.features, head_init=cfg.head_init)
 
 
 def build_learner(cfg: Config, *, overrides: bool = True):
@@ -229,6 +322,8 @@ def build_learner(cfg: Config, *, overrides: bool = True):
   if overrides:
     kwargs.update({name: getattr(cfg, name) for name in LEARNER_OVERRIDES
                    if getattr(cfg, name) is not None})
+  if not cfg.adapt_norm:
+    kwargs["adapt_mask"] = masks.exclude_norm
   return registry.make(cfg.method, backbone(cfg), setting=cfg.setting,
                        **kwargs)
 
@@ -245,4 +340,73 @@ def tiny() -> Config:
                 checkpoint_every=2, image_size=16)
 
 
-VARIANTS = {"default": default, "tiny": tiny}
+#: the paper cells with a named config: method -> Omniglot (ways, shots).
+PAPER_CELLS = {
+    m: ((5, 1), (5, 5), (20, 1), (20, 5))
+    for m in ("maml", "fomaml", "metasgd", "mamlpp", "reptile", "imaml",
+              "protonet")}
+PAPER_CELLS["anil"] = ((20, 1), (20, 5))
+
+
+def paper_config(method: str, ways: int, shots: int, *,
+                 norm: str | None = None) -> Config:
+  """The official code's protocol for one Omniglot cell, at full budget.
+
+  Network, batch norm, data, episodes, optimiser and budget come from
+  ``metajax.configs.get(method, 'omniglot_<N>way_<K>shot')``: its
+  ``protocol`` (in this config's field names), and its ``outer`` (meta-batch,
+  meta-learning rate, iterations, training and test episodes, ``filters``,
+  ``max_pool``). ``norm`` replaces the cell's batch-norm policy (e.g.
+  Reptile's non-transductive numbers with ``'running'``). Override the
+  budget with ``--set iterations=...``: the results file then says
+  "shortened".
+  """
+  setting = f"omniglot_{ways}way_{shots}shot"
+  paper = paper_configs.get(method, setting)
+  if not paper.protocol:
+    raise ValueError(
+        f"{method} has no recorded protocol for {setting}; its paper "
+        f"cells with one: {PAPER_CELLS.get(method, ())}")
+  o = paper.outer
+  fields = {f.name for f in dataclasses.fields(Config)}
+  kw = {k: v for k, v in paper.protocol.items() if k in fields}
+  if "filters" in o:
+    kw.setdefault("filters", o["filters"])
+  if "max_pool" in o:
+    kw.setdefault("downsample", "maxpool" if o["max_pool"] else "stride")
+  for src, dst in (("meta_batch", "meta_batch"), ("meta_lr", "meta_lr"),
+                   ("train_shots", "train_shots"),
+                   ("train_queries", "train_queries"),
+                   ("eval_queries", "queries"), ("eval_tasks", "eval_tasks"),
+                   ("adam_eps", "adam_eps")):
+    if src in o:
+      kw[dst] = o[src]
+  if o.get("train_ways", ways) != ways:
+    kw["train_ways"] = o["train_ways"]
+  if "iterations" not in kw:
+    from experiments.omniglot import train  # the one rule for the budget
+    iterations = train.paper_iterations(o)
+    if iterations is not None:
+      kw["iterations"] = iterations
+  if norm is not None:
+    kw["norm"] = norm
+  if method not in MASKED_METHODS:
+    kw.pop("adapt_norm", None)  # ANIL adapts the head alone anyway
+  cfg = Config(method=method, ways=ways, shots=shots, eval_batch=20,
+               checkpoint_every=500, steps_per_call=50, **kw)
+  return cfg
+
+
+def _paper_variants() -> dict:
+  out = {}
+  for method, cells in PAPER_CELLS.items():
+    for ways, shots in cells:
+      name = f"paper_{method}_{ways}w{shots}s"
+      out[name] = functools.partial(paper_config, method, ways, shots)
+      if method == "reptile":
+        out[name + "_nontransductive"] = functools.partial(
+            paper_config, method, ways, shots, norm="running")
+  return out
+
+
+VARIANTS = {"default": default, "tiny": tiny, **_paper_variants()}

@@ -36,20 +36,36 @@ def load_split(cfg: configs.Config, data_dir, cache_dir=None):
   return splits.split_omniglot(data, cfg.split, data_dir=data_dir)
 
 
+def training_classes(split, which: str):
+  """The split's training classes, or training and validation together."""
+  if which == "train":
+    return split.train
+  return omniglot.concat([split.train, split.val])
+
+
 def outer_optimizer(cfg: configs.Config, learner, paper
                     ) -> tuple[optax.GradientTransformation, dict]:
   """``(optimiser, its description)``: Adam(``meta_lr``), or Reptile's own.
 
   Reptile's meta step anneals linearly from the paper's ``meta_step`` to
-  ``meta_step_final`` over this run's ``iterations`` (not the paper's
-  100,000), so a short run ends its schedule as the paper's does.
+  ``meta_step_final`` over ``anneal_iterations`` (the paper's 100,000 in
+  its named configs), or over this run's ``iterations`` when that is
+  ``None``, so a short run ends its schedule as the paper's does. Adam's
+  rate is multiplied by ``lr_decay`` every ``lr_decay_every`` steps when
+  set (a staircase, as PyTorch's ``StepLR``).
   """
   if cfg.method == "reptile":
     o = paper.outer
     kw = dict(meta_step=o["meta_step"], meta_step_final=o["meta_step_final"],
-              meta_iters=cfg.iterations)
+              meta_iters=cfg.anneal_iterations or cfg.iterations)
     return learner.outer_optimizer(**kw), {"name": "reptile_sgd", **kw}
-  return optax.adam(cfg.meta_lr), {"name": "adam", "meta_lr": cfg.meta_lr}
+  info = {"name": "adam", "meta_lr": cfg.meta_lr, "eps": cfg.adam_eps}
+  lr = cfg.meta_lr
+  if cfg.lr_decay_every is not None:
+    lr = optax.exponential_decay(cfg.meta_lr, cfg.lr_decay_every,
+                                 cfg.lr_decay, staircase=True)
+    info.update(lr_decay=cfg.lr_decay, lr_decay_every=cfg.lr_decay_every)
+  return optax.adam(lr, eps=cfg.adam_eps), info
 
 
 def paper_iterations(outer) -> int | None:
@@ -95,36 +111,56 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   data_dir = datadir.resolve_data_dir(data_dir, dataset="omniglot")
   split = load_split(cfg, data_dir, cache_dir)
   ways, shots, queries = cfg.episodes(train=True)
-  train_sampler = sampler.EpisodeSampler(
-      split.train, ways=ways, shots=shots, queries=queries,
-      num_tasks=cfg.meta_batch, rotation=cfg.rotation)
-  test_sampler = sampler.EpisodeSampler(
-      split.test, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
-      rotation=cfg.rotation)
+
+  def train_sampler(classes):
+    return sampler.EpisodeSampler(
+        classes, ways=ways, shots=shots, queries=queries,
+        num_tasks=cfg.meta_batch, rotation=cfg.rotation)
+
+  def episodes(classes):
+    return sampler.EpisodeSampler(
+        classes, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
+        rotation=cfg.eval_rotation or cfg.rotation)
+
+  test_sampler = episodes(split.test)
   paper = paper_configs.get(cfg.method, cfg.setting)
   learner = configs.build_learner(cfg)
   optimizer, optimizer_info = outer_optimizer(cfg, learner, paper)
+  checkpoints = workdir_lib.checkpoint_dir(workdir) / cfg.method
+  t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
-    metrics = common.ModelMetrics(log, cfg.method)
-    t0 = time.time()
-    state, hist = training.fit(
-        learner, optimizer, train_sampler, num_steps=cfg.iterations,
-        seed=cfg.seed, steps_per_call=cfg.steps_per_call,
-        task_map=cfg.task_map, chunk_size=cfg.chunk_size,
-        checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / cfg.method,
-        checkpoint_every=cfg.checkpoint_every, progress=progress,
-        desc=cfg.method, on_metrics=metrics)
-    train_s = time.time() - t0
+    run = _Training(cfg, learner, optimizer, log)
+    run.progress = progress
+    if cfg.val_every is None:
+      state, hist, metrics = run.fit(
+          train_sampler(training_classes(split, cfg.train_classes)),
+          cfg.iterations, checkpoints, cfg.method)
+      validation = None
+    else:
+      state, hist, metrics, validation = run.fit_early_stopping(
+          train_sampler(training_classes(split, cfg.train_classes)),
+          episodes(split.val), checkpoints)
+      if cfg.retrain_trainval:
+        # ProtoNets' run_trainval.py: a fresh model on train + validation
+        # classes for the best validated number of steps.
+        state, hist, metrics = run.fit(
+            train_sampler(training_classes(split, "trainval")),
+            validation["best_step"], checkpoints / "trainval",
+            f"{cfg.method}_trainval")
+        validation["retrained_on"] = "trainval"
+        validation["retrained_steps"] = validation["best_step"]
+  train_s = time.time() - t0
   t0 = time.time()
   result = evaluation.evaluate(
       learner, state.params, test_sampler, num_tasks=cfg.eval_tasks,
-      seed=cfg.eval_seed, steps=cfg.eval_steps, batch_size=cfg.eval_batch)
+      seed=cfg.eval_seed, steps=cfg.eval_steps, batch_size=cfg.eval_batch,
+      model_state=state.model_state)
   eval_s = time.time() - t0
   n = len(hist["loss"])
   window = max(1, n // 10)
   train = {
       "iterations": n,
-      "resumed_from_step": (cfg.iterations if metrics.resumed_from is None
+      "resumed_from_step": (n if metrics.resumed_from is None
                             else metrics.resumed_from),
       "steps_trained": metrics.steps_run,
       "seconds": round(train_s, 1),
@@ -140,8 +176,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   results = {
       "experiment": "omniglot",
       "method": cfg.method,
-      "budget": (common.budget(cfg.iterations, iterations_paper)
-                 if iterations_paper is not None else common.SHORTENED),
+      "budget": run_budget(cfg, iterations_paper, validation, paper.outer),
       "paper_iterations": iterations_paper,
       "config": config_lib.to_dict(cfg),
       "paper_setting": {"name": cfg.setting, "learner": paper.learner,
@@ -153,7 +188,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
           "split": cfg.split, "rotation": cfg.rotation,
           "train_classes": int(split.train.images.shape[0]),
           "test_classes": int(split.test.images.shape[0]),
-          "train_sampler": train_sampler.config(),
+          "train_classes_used": cfg.train_classes,
+          "train_sampler": train_sampler(split.train).config(),
           "test_sampler": test_sampler.config(),
           "backbone": {"name": "conv4", "filters": cfg.filters,
                        "blocks": cfg.blocks, "downsample": cfg.downsample,
@@ -162,6 +198,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
           "batch_norm": cfg.norm,
       },
       "train": train,
+      "validation": validation,
+      "published": published_for(paper, cfg.norm),
       "test": result.to_dict(),
       "eval_seconds": round(eval_s, 1),
       "run": record.run_info(seed=cfg.seed, started=started,
@@ -177,9 +215,122 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   return results
 
 
+def published_for(paper, norm: str) -> dict | None:
+  """The paper's published number for this batch-norm policy, if any."""
+  for p in getattr(paper, "published", ()) or ():
+    if p.matches(norm):
+      return p.to_dict()
+  return None
+
+
+def run_budget(cfg: configs.Config, paper_iterations: int | None,
+               validation: dict | None, outer) -> str:
+  """``'full'`` or ``'shortened'``.
+
+  A run that validates is full when early stopping ended it (the papers'
+  budget is "until validation stops improving") after at least the paper's
+  patience, counted in meta-steps (``patience`` x ``episodes_per_epoch``);
+  otherwise full means at least the paper's iterations.
+  """
+  if validation is not None:
+    paper_patience = outer.get("patience")
+    if paper_patience is None or not validation["stopped_early"]:
+      return common.SHORTENED
+    steps = paper_patience * outer.get("episodes_per_epoch", 1)
+    return (common.FULL if cfg.patience * cfg.val_every >= steps
+            else common.SHORTENED)
+  if paper_iterations is None:
+    return common.SHORTENED
+  return common.budget(cfg.iterations, paper_iterations)
+
+
+class _Training:
+  """Meta-training of one config: plain, or with early stopping."""
+
+  def __init__(self, cfg, learner, optimizer, log):
+    self.cfg, self.learner, self.optimizer, self.log = (cfg, learner,
+                                                        optimizer, log)
+    self.metrics = None
+
+  def fit(self, train_sampler, num_steps, checkpoint_dir, name,
+          metrics=None):
+    """``(state, history, metrics callback)`` after ``num_steps``."""
+    cfg = self.cfg
+    metrics = metrics or common.ModelMetrics(self.log, name)
+    state, hist = training.fit(
+        self.learner, self.optimizer, train_sampler, num_steps=num_steps,
+        seed=cfg.seed, steps_per_call=cfg.steps_per_call,
+        task_map=cfg.task_map, chunk_size=cfg.chunk_size,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=cfg.checkpoint_every, progress=self.progress,
+        desc=name, on_metrics=metrics)
+    return state, hist, metrics
+
+  progress = True
+
+  def fit_early_stopping(self, train_sampler, val_sampler, checkpoint_dir):
+    """Trains in rounds of ``val_every`` steps, validating after each.
+
+    Validation is the mean query loss over ``val_tasks`` episodes of the
+    validation classes (ProtoNets' criterion); the best round's state is
+    checkpointed in ``<checkpoint_dir>/best`` and returned. Stops after
+    ``patience`` rounds without improvement or at ``iterations``. The
+    validation history is kept in ``<checkpoint_dir>/validation.json``, so
+    an interrupted run resumes with it.
+    """
+    cfg = self.cfg
+    record_path = pathlib.Path(checkpoint_dir) / "validation.json"
+    rounds = (json.loads(record_path.read_text())["rounds"]
+              if record_path.exists() else [])
+    metrics = common.ModelMetrics(self.log, cfg.method)
+    best = min(rounds, key=lambda r: r["loss"]) if rounds else None
+    state = hist = None
+    while True:
+      since_best = (0 if best is None else
+                    sum(1 for r in rounds if r["step"] > best["step"]))
+      done = rounds[-1]["step"] if rounds else 0
+      if done >= cfg.iterations or since_best >= cfg.patience:
+        break
+      target = min(cfg.iterations, done + cfg.val_every)
+      state, hist, metrics = self.fit(train_sampler, target, checkpoint_dir,
+                                      cfg.method, metrics)
+      val = evaluation.evaluate(
+          self.learner, state.params, val_sampler, num_tasks=cfg.val_tasks,
+          seed=cfg.val_seed, batch_size=cfg.eval_batch,
+          model_state=state.model_state)
+      loss = float(np.mean(val.per_task["loss"][:, -1]))
+      row = {"step": target, "loss": loss, "accuracy": val.mean,
+             "ci95": val.ci95}
+      self.log.write_many(target, {k: np.asarray([row[k]])
+                                   for k in ("loss", "accuracy")},
+                          prefix=f"{cfg.method}/val")
+      if best is None or loss < best["loss"]:
+        best = row
+        training.save_checkpoint(pathlib.Path(checkpoint_dir) / "best",
+                                 state, {})
+      rounds.append(row)
+      workdir_lib.write_json_atomic(record_path, {"rounds": rounds})
+    stopped_early = since_best >= cfg.patience
+    if state is None:  # everything was done before: the last checkpoint
+      state, hist, metrics = self.fit(train_sampler, rounds[-1]["step"],
+                                      checkpoint_dir, cfg.method, metrics)
+    restored = training.load_checkpoint(
+        pathlib.Path(checkpoint_dir) / "best", state)
+    state = restored[0]
+    validation = {
+        "criterion": "mean query loss on validation episodes",
+        "every": cfg.val_every, "tasks": cfg.val_tasks, "seed": cfg.val_seed,
+        "patience": cfg.patience, "stopped_early": stopped_early,
+        "best_step": best["step"], "best_loss": best["loss"],
+        "best_accuracy": best["accuracy"], "rounds": rounds,
+        "tested": "best validated weights"}
+    return state, hist, metrics, validation
+
+
 def _row(r: dict) -> str:
   """One table row of a results file (this layout, or the earlier one
-  without ``budget``/``run``, as committed under ``results/``)."""
+  without ``budget``/``run``/``published``, as committed under
+  ``results/``)."""
   t, train, cfg = r["test"], r.get("train", {}), r.get("config", {})
   seconds = train.get("seconds")
   seconds = "-" if seconds is None else f"{seconds:.0f}"
@@ -189,11 +340,21 @@ def _row(r: dict) -> str:
   loss = "-"
   if "loss_first" in train and "loss_last" in train:
     loss = f"{train['loss_first']:.3f} -> {train['loss_last']:.3f}"
-  return (f"| {r.get('method', cfg.get('method', '?'))} | "
-          f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f} | "
+  published = r.get("published")
+  paper = "-"
+  if published:
+    paper = f"{published['value']:.2f}"
+    if published.get("ci95") is not None:
+      paper += f" ± {published['ci95']:.2f}"
+  cell = "{}w{}s".format(cfg.get("ways", "?"), cfg.get("shots", "?"))
+  protocol = r.get("protocol", {})
+  return (f"| {r.get('method', cfg.get('method', '?'))} | {cell} | "
+          f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f} | {paper} | "
+          f"{protocol.get('batch_norm', cfg.get('norm', '-'))} | "
           f"{t['steps'] if t.get('steps') is not None else '-'} | "
           f"{train.get('iterations', cfg.get('iterations', '-'))} | "
-          f"{cfg.get('meta_batch', '-')} | {loss} | {seconds} | "
+          f"{cfg.get('meta_batch', '-')} | {t['num_tasks']} | "
+          f"{cfg.get('seed', '-')} | {loss} | {seconds} | "
           f"{r.get('budget', '-')} |")
 
 
@@ -210,7 +371,8 @@ def table(root) -> str:
       rows.append(_row(r))
     except (OSError, ValueError, KeyError, TypeError):
       continue
-  head = ("| method | test accuracy % (95% CI) | inner steps at test | "
-          "iterations | tasks/step | train loss first -> last 10% | train s | "
-          "budget |\n|---|---|---|---|---|---|---|---|")
+  head = ("| method | cell | test accuracy % (95% CI) | published % | "
+          "batch norm | inner steps at test | iterations | tasks/step | "
+          "test tasks | seed | train loss first -> last 10% | train s | "
+          "budget |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   return "\n".join([head] + rows)

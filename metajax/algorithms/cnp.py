@@ -19,6 +19,16 @@ sources): encoder ``[128] * 4``, decoder ``[128] * 2`` then ``2 * y_dim``
 outputs; Adam at 1e-4, batches of 64 GP tasks (its ``outer``,
 :mod:`metajax.data.gp`).
 
+Variable context and target counts under fixed shapes: a point whose input
+is all ``NaN`` is padding (the convention of :mod:`metajax.data.gp`, whose
+random-count batches always have the largest shape). The encoder averages
+over the real context points only, the loss and MSE over the real targets
+only, so a padded task gives the numbers of its unpadded self (to float
+rounding) and a whole run compiles one meta-step. Padding never reaches a
+differentiated value (it is replaced by zeros before the networks), so the
+gradients are those of the unpadded task too; :meth:`CNP.predict` at a
+padding input returns ``NaN``.
+
 Figures of the predictive mean and its band are drawn by
 :func:`metajax.evaluation.plots.plot_predictions`.
 """
@@ -47,11 +57,51 @@ class Normal(NamedTuple):
   stddev: jax.Array
 
 
+def point_mask(x: jax.Array) -> jax.Array:
+  """``(..., N)`` bools: the real points of inputs ``x`` (``(..., N, d)``);
+  an input that is all ``NaN`` marks a padding point."""
+  return ~jnp.all(jnp.isnan(x), axis=-1)
+
+
+def _zero_padding(a: jax.Array, mask: jax.Array) -> jax.Array:
+  """``a`` with its padding rows set to 0 (so no ``NaN`` enters the MLPs)."""
+  return jnp.where(mask[..., None], a, jnp.zeros((), a.dtype))
+
+
+def masked_mean(values: jax.Array, mask: jax.Array, axis: int = -1
+                ) -> jax.Array:
+  """Mean of ``values`` over ``axis`` where ``mask`` (0 if none is)."""
+  total = jnp.sum(jnp.where(mask, values, jnp.zeros((), values.dtype)), axis)
+  count = jnp.sum(mask, axis).astype(values.dtype)
+  return total / jnp.maximum(count, 1)
+
+
 def gaussian_log_prob(y: jax.Array, mean: jax.Array,
                       stddev: jax.Array) -> jax.Array:
   """Elementwise ``log N(y; mean, stddev^2)`` (same shape as ``y``)."""
   z = (y - mean) / stddev
   return -0.5 * z * z - jnp.log(stddev) - 0.5 * math.log(2.0 * math.pi)
+
+
+class _ConcatDense(nn.Module):
+  """``nn.Dense`` of ``[r, x]`` for one ``r`` (``(..., R)``) and many ``x``
+  (``(..., N, dx)``), without the concatenation: ``r``'s share of the
+  product is computed once, not once per target point (a third less time
+  for a paper-sized meta-step of 64 padded GP tasks on a 2-core CPU). Its
+  parameters (``kernel`` ``(R + dx, features)``, ``bias``), their
+  initialisation and dtype promotion are ``nn.Dense``'s."""
+  features: int
+
+  @nn.compact
+  def __call__(self, r, x):
+    size = r.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (size + x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                      jnp.float32)
+    dtype = jnp.result_type(r, x, kernel)
+    r, x, kernel, bias = (jnp.asarray(a, dtype) for a in (r, x, kernel, bias))
+    return (r @ kernel[:size])[..., None, :] + x @ kernel[size:] + bias
 
 
 class CNPModel(nn.Module):
@@ -72,25 +122,31 @@ class CNPModel(nn.Module):
 
   def setup(self):
     self.encoder = [nn.Dense(w) for w in self.encoder_sizes]
-    self.decoder = [nn.Dense(w) for w in self.decoder_sizes]
-    self.decoder_out = nn.Dense(2 * self.y_dim)
+    # The decoder's first layer takes [r, x] (see _ConcatDense).
+    self.decoder = [(_ConcatDense if i == 0 else nn.Dense)(w)
+                    for i, w in enumerate(self.decoder_sizes)]
+    self.decoder_out = (nn.Dense if self.decoder_sizes else _ConcatDense)(
+        2 * self.y_dim)
 
   def encode(self, context_x, context_y):
-    """``(n, dx), (n, dy) -> (R,)``: mean of the per-point encodings."""
-    h = jnp.concatenate([context_x, context_y], -1)
+    """``(n, dx), (n, dy) -> (R,)``: mean of the per-point encodings over the
+    real (not padding, :func:`point_mask`) context points."""
+    mask = point_mask(context_x)
+    h = jnp.concatenate([_zero_padding(context_x, mask),
+                         _zero_padding(context_y, mask)], -1)
     for i, layer in enumerate(self.encoder):
       h = layer(h)
       if i < len(self.encoder) - 1:
         h = nn.relu(h)
-    return jnp.mean(h, axis=-2)
+    return masked_mean(h, mask[..., None], axis=-2)
 
   def decode(self, r, target_x):
-    """``(R,), (N, dx) -> Normal`` with ``(N, y_dim)`` mean and stddev."""
-    h = jnp.concatenate(
-        [jnp.broadcast_to(r, target_x.shape[:-1] + r.shape[-1:]), target_x], -1)
-    for layer in self.decoder:
-      h = nn.relu(layer(h))
-    out = self.decoder_out(h)
+    """``(R,), (N, dx) -> Normal`` with ``(N, y_dim)`` mean and stddev:
+    ``g([r, x_t])`` at every target input."""
+    first, *rest = [*self.decoder, self.decoder_out]
+    out = first(r, target_x)
+    for layer in rest:
+      out = layer(nn.relu(out))
     mean, s = out[..., :self.y_dim], out[..., self.y_dim:]
     return Normal(mean, self.min_std + (1.0 - self.min_std) * nn.softplus(s))
 
@@ -106,7 +162,8 @@ class CNP(Learner):
   ``(N, y_dim)``). ``adapt`` returns the representation ``r`` ``(R,)``;
   ``predict`` a :class:`Normal`; ``task_loss`` the mean negative
   log-likelihood of the targets with metrics ``loss`` and ``mse`` (of the
-  predictive mean).
+  predictive mean). Padding points (inputs all ``NaN``, see the module
+  docstring) of either set are left out of every mean.
 
   Attributes:
     encoder_sizes, decoder_sizes, min_std: see :class:`CNPModel`.
@@ -157,16 +214,23 @@ class CNP(Learner):
     return self.model(self.y_dim(params)).apply(
         {"params": params["model"]}, state, x, method=CNPModel.decode)
 
-  def metrics(self, pred: Normal, y):
-    nll = -jnp.mean(jnp.sum(gaussian_log_prob(y, pred.mean, pred.stddev), -1))
-    return {"loss": nll, "mse": jnp.mean(jnp.square(pred.mean - y))}
+  def metrics(self, pred: Normal, y, mask=None):
+    """``loss`` (NLL per target point) and ``mse`` of ``pred`` against ``y``
+    (``(N, y_dim)``), averaged over the points where ``mask`` (``(N,)``;
+    ``None``: all)."""
+    if mask is None:
+      mask = jnp.ones(y.shape[:-1], bool)
+    lp = jnp.sum(gaussian_log_prob(y, pred.mean, pred.stddev), -1)
+    se = jnp.mean(jnp.square(pred.mean - y), -1)
+    return {"loss": -masked_mean(lp, mask), "mse": masked_mean(se, mask)}
 
   def task_loss(self, params, task: Task, *, iteration=0):
     del iteration  # no schedule
+    mask = point_mask(task.query_x)
     pred = self.predict(params,
                         self.adapt(params, task.support_x, task.support_y),
-                        task.query_x)
-    m = self.metrics(pred, task.query_y)
+                        _zero_padding(task.query_x, mask))
+    m = self.metrics(pred, _zero_padding(task.query_y, mask), mask)
     return m["loss"], m
 
   def evaluate(self, params, task: Task, *, steps=None):

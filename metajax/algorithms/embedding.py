@@ -27,6 +27,11 @@ chooses what one call sees:
   for any query batch.
 
 With ``norm='none'`` in the backbone the two policies agree exactly.
+Under ``norm='running'`` (ProtoNets' PyTorch ``train()``/``eval()``),
+training normalises each call with its batch's statistics and reports them
+for the running averages; evaluation (:meth:`EmbeddingLearner.with_model_state`)
+normalises every example with the running averages, so the two policies
+agree there too.
 """
 from __future__ import annotations
 
@@ -39,9 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.algorithms.model_learner import model_example_ndim
+from metajax.algorithms.model_learner import (apply_model, init_running_stats,
+                                              model_example_ndim)
 from metajax.core import losses
-from metajax.core.learner import Learner
+from metajax.core.learner import BATCH_STATS, Learner
 from metajax.core.tasks import Task, check_tasks
 from metajax.models import Conv4
 
@@ -115,10 +121,14 @@ class EmbeddingLearner(Learner):
     ways: static logits width (classes per task, at most); ``None`` uses the
       support-set size. Classes absent from a task's support set get
       ``-inf`` logits.
+    running_stats: batch-norm running statistics to normalise with (set by
+      :meth:`with_model_state` for evaluation; ``None``: batch statistics).
   """
   model: nn.Module = dataclasses.field(default_factory=default_backbone)
   embedding: str = "joint"
   ways: int | None = None
+  running_stats: Any = dataclasses.field(default=None, kw_only=True,
+                                         repr=False)
 
   classification = True
 
@@ -153,31 +163,57 @@ class EmbeddingLearner(Learner):
   def num_classes(self, support_y) -> int:
     return self.ways if self.ways is not None else int(np.shape(support_y)[0])
 
-  def apply(self, model_params, x):
-    """Backbone features ``(N, D)`` of inputs ``x``."""
-    f = self.model.apply({"params": model_params}, x)
+  def apply(self, model_params, x, *, collect: bool = False):
+    """Backbone features ``(N, D)`` of inputs ``x`` (with ``collect``:
+    ``(features, batch statistics or None)``)."""
+    f, stats = apply_model(self.model, model_params, x, self.running_stats,
+                           collect=True)
     if f.ndim != 2:
       raise ValueError(
           f"the backbone must return (N, features), got shape {f.shape}; use "
           "e.g. Conv4(num_outputs=None)")
-    return f
+    return (f, stats) if collect else f
 
-  def embed(self, model_params, support_x, query_x):
-    """``(support features, query features)`` under the embedding policy."""
+  def embed(self, model_params, support_x, query_x, *, collect: bool = False):
+    """``(support features, query features)`` under the embedding policy
+    (with ``collect``, plus the batch statistics of the call(s), averaged
+    over the two calls under ``'separate'``)."""
     if self.embedding == "joint":
       s = support_x.shape[0]
-      f = self.apply(model_params, jnp.concatenate([support_x, query_x], 0))
-      return f[:s], f[s:]
-    return (self.apply(model_params, support_x),
-            self.apply(model_params, query_x))
+      f, stats = self.apply(model_params,
+                            jnp.concatenate([support_x, query_x], 0),
+                            collect=True)
+      out = f[:s], f[s:]
+    else:
+      (fs, ss), (fq, sq) = (self.apply(model_params, support_x, collect=True),
+                            self.apply(model_params, query_x, collect=True))
+      out = fs, fq
+      stats = (None if ss is None else jax.tree_util.tree_map(
+          lambda a, b: (a + b) / 2, ss, sq))
+    return (*out, stats) if collect else out
 
   def logits(self, params, support_x, support_y, query_x, *,
-             training: bool = True) -> jax.Array:
-    """``(Q, C)`` query logits of one task."""
-    fs, fq = self.embed(params["model"], support_x, query_x)
+             training: bool = True, collect: bool = False):
+    """``(Q, C)`` query logits of one task (with ``collect``: ``(logits,
+    batch statistics or None)``)."""
+    fs, fq, stats = self.embed(params["model"], support_x, query_x,
+                               collect=True)
     head = self.fit_head(params, fs, support_y, self.num_classes(support_y),
                          training=training)
-    return self.head_logits(params, head, fq)
+    logits = self.head_logits(params, head, fq)
+    return (logits, stats) if collect else logits
+
+  # -- running statistics ----------------------------------------------------
+  def init_model_state(self, params, task: Task):
+    del params
+    x = task.support_x
+    if self.embedding == "joint":
+      x = jnp.concatenate([task.support_x, task.query_x], 0)
+    return init_running_stats(self.model, x)
+
+  def with_model_state(self, model_state):
+    return (self if model_state is None
+            else dataclasses.replace(self, running_stats=model_state))
 
   # -- Learner -------------------------------------------------------------
   def init(self, rng, task: Task):
@@ -215,10 +251,14 @@ class EmbeddingLearner(Learner):
 
   def task_loss(self, params, task: Task, *, iteration=0):
     del iteration  # no schedule
-    logits = self.logits(params, task.support_x, task.support_y, task.query_x)
+    logits, stats = self.logits(params, task.support_x, task.support_y,
+                                task.query_x, collect=True)
     loss = self.train_loss(logits, task.query_y)
-    return loss, {"loss": loss,
-                  "accuracy": losses.accuracy(logits, task.query_y)}
+    metrics = {"loss": loss,
+               "accuracy": losses.accuracy(logits, task.query_y)}
+    if stats is not None:
+      metrics[BATCH_STATS] = stats
+    return loss, metrics
 
   def evaluate(self, params, task: Task, *, steps=None):
     """Query ``loss`` (plain cross-entropy) and ``accuracy``, each ``(1,)``.

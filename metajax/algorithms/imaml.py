@@ -30,20 +30,62 @@ implicit meta-gradient (the generic :func:`metajax.make_meta_step` works
 unchanged).
 
 ``cg_steps=0`` skips the solve (``g_theta = grad L_Q(phi*)``, the first-order
-approximation). ``cg_damping`` adds ``damping * v`` to the operator (the
-authors' code uses a damped operator ``(1 + damping) v + H v / (lam +
-lam_damping)``; the default 0 is the paper's equation).
+approximation; the official code's ``--cg_steps`` of 0 *or 1* does that).
+
+The paper's equations and the released code
+--------------------------------------------
+The official code (https://github.com/aravindr93/imaml_dev, Omniglot only)
+that produced the published Omniglot numbers does not run the loop above.
+Both are offered; the defaults are the paper's equations, the released
+code's behaviour is selected by options (and is what the Omniglot entries of
+:mod:`metajax.configs.imaml` record):
+
+* ``inner_loop='proximal'`` (default): ``inner_steps`` gradient steps on
+  ``G`` (Eq. 4). ``inner_loop='code'``: ``examples/omniglot_implicit_maml.py``
+  calls ``Learner.learn_task`` (``implicit_maml/learner_model.py``) with
+  ``add_regularization=False``, i.e. ``inner_steps`` plain SGD steps at
+  ``inner_lr`` on the support loss alone from ``theta`` to ``w``, then takes
+  ONE SGD step at the same rate on ``lam/2 ||w - theta||^2`` ("pull back for
+  regularization"): ``phi = w - inner_lr lam (w - theta) = theta + (1 -
+  inner_lr lam)(w - theta)``, ``theta + 0.8 (w - theta)`` at ``inner_lr``
+  0.1, ``lam`` 2. ``phi`` is then not a stationary point of ``G``; the
+  meta-gradient is still the CG solve of Eq. 7 at this ``phi``, as in the
+  code.
+* ``lam_damping`` (default 0): the CG operator is
+  ``(1 + cg_damping) v + H v / (lam + lam_damping)``, as the code's
+  ``Learner.matrix_evaluator`` (``regu_coef`` = ``--cg_damping`` 1.0,
+  ``lam_damping`` 10 by default there). With both 0 it is the paper's
+  ``v + H v / lam``. ``cg_damping`` 1 roughly halves the meta-gradient,
+  which Adam undoes up to its ``eps`` (1e-3 in the code's Adam, recorded in
+  the settings' ``outer['adam_eps']``).
+* ``eval_lam`` (default ``None``): test-time adaptation. ``None`` adapts at
+  test time exactly as in training; ``0`` takes plain steps on the support
+  loss with no proximal term and no pull-back, as the code's
+  ``examples/measure_accuracy.py --lam 0.0 --n_steps 16`` (``learn_task``
+  with ``add_regularization=False``); ``> 0`` takes steps on ``G`` with
+  ``lam = eval_lam`` (``measure_accuracy.py --lam > 0``,
+  ``add_regularization=True``). It applies to :meth:`IMAML.evaluate`'s
+  curves and to ``adapt(..., evaluation=True)``.
+
+Evaluation caveat (not reproduced here): ``measure_accuracy.py`` seeds its
+1623-character shuffle with 12345 while task generation and training seed it
+with 123: training draws from the first 1200 characters of the seed-123
+order, the "test" tasks from the last 423 of the seed-12345 order, and 310 of
+those 423 were meta-training characters. metajax tests on its own held-out
+split and does not copy that.
 
 Paper defaults (Sec. 5.2, Table 2; the values and their sources are in
 :mod:`metajax.configs.imaml`): ``lam = 2.0``, 5 CG steps, 16 (5-way) or 25
 (20-way) inner GD steps on Omniglot, Adam outer optimiser; mini-ImageNet:
 ``lam = 0.5``, 10 steps. The inner step size, not stated in the paper, is 0.1
-as in the hypertorch iMAML reproduction (Grazzi et al. 2020).
+as in the official command and the hypertorch iMAML reproduction (Grazzi et
+al. 2020).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -130,6 +172,9 @@ def _implicit_bwd(learner, steps, res, g):
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
 
 
+INNER_LOOPS = ("proximal", "code")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class IMAML(ModelLearner):
   """Implicit MAML over a flax model (equations in the module docstring).
@@ -147,26 +192,44 @@ class IMAML(ModelLearner):
   Attributes (beyond ``model``, ``loss`` and the keyword-only
   ``pre_metrics_on``, ``ways`` of
   :class:`~metajax.algorithms.model_learner.ModelLearner`):
-    inner_steps: gradient steps on the proximal objective ``G``.
+    inner_steps: inner steps (on ``G``, or on ``L_S`` with
+      ``inner_loop='code'``).
     eval_inner_steps: inner steps for :meth:`evaluate` (default
       ``inner_steps``).
-    inner_lr: their step size (unused with ``inner_optimizer``).
+    inner_lr: their step size (unused with ``inner_optimizer``) and the
+      pull-back's with ``inner_loop='code'``.
     lam: proximal strength ``lambda`` (> 0).
+    inner_loop: ``'proximal'`` (default; the paper's Eq. 4: gradient descent
+      on ``G``) or ``'code'`` (the official code: plain SGD on ``L_S``, then
+      one SGD step on ``lam/2 ||w - theta||^2``, ``phi = theta + (1 -
+      inner_lr lam)(w - theta)``; needs ``inner_lr * lam < 1`` and no
+      ``inner_optimizer``).
+    eval_lam: test-time adaptation (:meth:`evaluate`, ``adapt(...,
+      evaluation=True)``): ``None`` (default) as in training; ``0.0``: plain
+      steps on ``L_S`` (no proximal term, no pull-back; the official
+      ``measure_accuracy.py --lam 0.0``); ``> 0``: steps on ``G`` with this
+      ``lambda``.
     cg_steps: conjugate-gradient iterations of the backward solve (0: the
       first-order approximation).
-    cg_damping: extra ``damping * v`` in the CG operator.
+    cg_damping: the CG operator is ``(1 + cg_damping) v + H v / (lam +
+      lam_damping)``.
+    lam_damping: see ``cg_damping`` (the official code uses 1.0 and 10;
+      both 0, the default, is the paper's ``v + H v / lam``).
     hvp: ``'reverse'`` (any model) or ``'forward'`` (faster; not through
       custom-VJP layers such as :func:`metajax.models.ops.conv2d`).
     inner_optimizer: optional optax optimiser for the inner solve instead
-      of gradient descent.
+      of gradient descent (``inner_loop='proximal'`` only).
   """
   inner_steps: int = 16
   inner_lr: float = 0.1
   eval_inner_steps: int | None = None
   unroll: bool | int = False  # the solve is never differentiated: scan it
   lam: float = 2.0
+  inner_loop: str = "proximal"
+  eval_lam: float | None = None
   cg_steps: int = 5
   cg_damping: float = 0.0
+  lam_damping: float = 0.0
   hvp: str = "reverse"
   inner_optimizer: optax.GradientTransformation | None = None
 
@@ -180,12 +243,34 @@ class IMAML(ModelLearner):
       raise ValueError(f"cg_steps must be >= 0, got {self.cg_steps}")
     if self.hvp not in ("reverse", "forward"):
       raise ValueError(f"hvp must be 'reverse' or 'forward', got {self.hvp!r}")
-    if self.cg_damping < 0:
+    if not self.cg_damping >= 0:
       raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
+    if not self.lam_damping >= 0:
+      raise ValueError(f"lam_damping must be >= 0, got {self.lam_damping}")
     if (self.inner_optimizer is not None and
         not isinstance(self.inner_optimizer, optax.GradientTransformation)):
       raise ValueError(
           "inner_optimizer must be None or an optax.GradientTransformation")
+    if self.inner_loop not in INNER_LOOPS:
+      raise ValueError(
+          f"inner_loop must be one of {INNER_LOOPS}, got {self.inner_loop!r}")
+    if self.eval_lam is not None and (
+        isinstance(self.eval_lam, bool)
+        or not isinstance(self.eval_lam, numbers.Real)
+        or not self.eval_lam >= 0):
+      raise ValueError(
+          f"eval_lam must be None or a number >= 0, got {self.eval_lam!r}")
+    if self.inner_loop == "code":
+      if self.inner_optimizer is not None:
+        raise ValueError(
+            "inner_loop='code' takes plain SGD steps at inner_lr (the "
+            "official code's torch SGD); inner_optimizer applies to "
+            "inner_loop='proximal' only")
+      if not self.inner_lr * self.lam < 1:
+        raise ValueError(
+            "inner_loop='code' needs inner_lr * lam < 1 (its pull-back keeps "
+            f"1 - inner_lr * lam of the adaptation), got inner_lr="
+            f"{self.inner_lr}, lam={self.lam}")
 
   # -- the inner problem -------------------------------------------------
   def proximal_loss(self, model_params, theta, x, y):
@@ -195,23 +280,57 @@ class IMAML(ModelLearner):
         jax.tree_util.tree_leaves(theta)))
     return self.support_loss(model_params, x, y) + 0.5 * self.lam * sq
 
-  def solve(self, theta, x, y, *, steps=None, return_trajectory=False):
-    """Approximate ``phi*(theta)``: ``steps`` descent steps on ``G`` from
-    ``theta`` (not differentiable; use :meth:`adapt` for gradients)."""
+  def inner_rule(self, *, evaluation: bool = False) -> tuple[str, float]:
+    """``(kind, lam)`` of the inner loop in training or, with
+    ``evaluation``, at test time: ``kind`` is ``'proximal'`` (steps on
+    ``G`` with this ``lam``), ``'code'`` (steps on ``L_S`` then the
+    pull-back with this ``lam``) or ``'plain'`` (steps on ``L_S`` only)."""
+    if evaluation and self.eval_lam is not None:
+      if self.eval_lam == 0:
+        return "plain", 0.0
+      return "proximal", self.eval_lam
+    return self.inner_loop, self.lam
+
+  def solve(self, theta, x, y, *, steps=None, return_trajectory=False,
+            evaluation=False):
+    """Approximate ``phi*(theta)`` from ``theta`` by the inner loop of
+    :meth:`inner_rule` (not differentiable; use :meth:`adapt` for
+    gradients). With ``return_trajectory`` also the iterates after each
+    step; with ``inner_loop='code'`` each one is pulled back as the last
+    (point ``t`` is what ``steps=t`` would return)."""
     steps = self.inner_steps if steps is None else steps
     theta = jax.lax.stop_gradient(theta)
+    kind, lam = self.inner_rule(evaluation=evaluation)
     step = (inner.sgd(self.inner_lr) if self.inner_optimizer is None
             else self.inner_optimizer)
     # grad G = grad L_S + lam (phi - theta): the proximal rule adds the
     # second term, so any inner optimiser descends on G.
-    return inner.adapt(
+    update = (optax.chain(inner.proximal(theta, lam), step)
+              if kind == "proximal" else step)
+    out = inner.adapt(
         lambda p: self.support_loss(p, x, y), theta, steps=steps,
-        update=optax.chain(inner.proximal(theta, self.lam), step),
-        unroll=self.unroll, return_trajectory=return_trajectory)
+        update=update, unroll=self.unroll,
+        return_trajectory=return_trajectory)
+    if kind != "code":
+      return out
+    # The official code's pull-back: one SGD step on lam/2 ||w - theta||^2.
+    rate = self.inner_lr * lam
+
+    def pull_back(w):
+      if w is None:
+        return None
+      return jax.tree_util.tree_map(lambda a, t: a - rate * (a - t), w,
+                                    theta)
+
+    if not return_trajectory:
+      return pull_back(out)
+    # ``theta`` broadcasts against the trajectory's leading step axis.
+    return pull_back(out[0]), pull_back(out[1])
 
   def implicit_vjp(self, phi, x, y, g):
-    """``(I + H/lam)^{-1} g`` by CG, ``H`` the support-loss Hessian at
-    ``phi`` (``g`` and the result are pytrees like ``phi``)."""
+    """``A^{-1} g`` by CG, ``A v = (1 + cg_damping) v + H v / (lam +
+    lam_damping)``, ``H`` the support-loss Hessian at ``phi`` (``g`` and the
+    result are pytrees like ``phi``)."""
     if self.cg_steps == 0:
       return g
     grad_fn = jax.grad(lambda p: self.support_loss(p, x, y))
@@ -223,28 +342,43 @@ class IMAML(ModelLearner):
       # reverse-over-reverse gives the same product for every model.
       return jax.grad(lambda p: _vdot(grad_fn(p), v))(phi)
 
+    scale = 1.0 + self.cg_damping
+    lam = self.lam + self.lam_damping
+
     def matvec(v):
       hv = hvp(v)
-      return jax.tree_util.tree_map(
-          lambda a, b: (1.0 + self.cg_damping) * a + b / self.lam, v, hv)
+      return jax.tree_util.tree_map(lambda a, b: scale * a + b / lam, v, hv)
 
     return conjugate_gradient(matvec, g, self.cg_steps)
 
   # -- Learner -----------------------------------------------------------
   @property
   def default_eval_steps(self) -> int:
-    return self.eval_inner_steps or self.inner_steps
+    return (self.inner_steps if self.eval_inner_steps is None
+            else self.eval_inner_steps)
 
   def adapt(self, params, support_x, support_y, *, steps=None,
-            return_trajectory=False):
-    """``phi*`` for one task, differentiable in ``params['model']`` through
-    the implicit gradient. With ``return_trajectory`` (evaluation curves) the
-    iterates are returned without a gradient path."""
+            return_trajectory=False, evaluation=None):
+    """Task weights for one task.
+
+    Args:
+      params: ``{'model': theta}``.
+      support_x, support_y: the task's support set.
+      steps: inner steps (default ``inner_steps``).
+      return_trajectory: also return the weights after every step (for
+        evaluation curves; no gradient path).
+      evaluation: adapt as at test time (``eval_lam``), without a gradient
+        path; default: as ``return_trajectory`` (curves are evaluation, a
+        plain call is the training inner loop, differentiable in
+        ``params['model']`` through the implicit gradient).
+    """
     steps = self.inner_steps if steps is None else steps
     if steps < 0:
       raise ValueError(f"inner steps must be >= 0, got {steps}")
+    evaluation = return_trajectory if evaluation is None else evaluation
     theta = params["model"]
-    if return_trajectory:
+    if return_trajectory or evaluation:
       return self.solve(theta, support_x, support_y, steps=steps,
-                        return_trajectory=True)
+                        return_trajectory=return_trajectory,
+                        evaluation=evaluation)
     return _implicit_solve(self, steps, theta, support_x, support_y)

@@ -146,6 +146,10 @@ class MAMLPlusPlus(MAML):
     if self.iters_per_epoch < 1:
       raise ValueError(
           f"iters_per_epoch must be >= 1, got {self.iters_per_epoch}")
+    if getattr(self.model, "norm", None) == "running":
+      raise ValueError(
+          "MAML++ normalises with per-step batch statistics of each batch; "
+          "a model with norm='running' (running averages) is not supported")
     if self.per_step_bn and self.adapt_bn:
       raise ValueError(
           "per_step_bn requires adapt_bn=False: per-step batch-norm weights "

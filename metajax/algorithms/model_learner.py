@@ -11,16 +11,17 @@ MAML, not subclasses that switch half of it off.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from metajax.core import losses
-from metajax.core.learner import Learner
+from metajax.core.learner import BATCH_STATS, Learner
 from metajax.core.tasks import Task
 from metajax.models import MLP, Conv4
+from metajax.models import layers
 
 PRE_METRICS_ON = ("support", "query")
 
@@ -42,6 +43,37 @@ def model_example_ndim(model: nn.Module) -> int | None:
   return None
 
 
+def init_running_stats(model: nn.Module, x) -> dict | None:
+  """Initial running statistics (mean 0, variance 1) of ``model`` for inputs
+  like ``x``, or ``None`` if it keeps none (shapes only; nothing runs)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  stats = variables.get(layers.BATCH_STATS)
+  if not stats:
+    return None
+  return layers.initial_running_stats(
+      jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), stats))
+
+
+def apply_model(model: nn.Module, model_params, x, running_stats=None, *,
+                collect: bool = False):
+  """``model``'s outputs on ``x``; with ``collect``, ``(outputs, batch
+  statistics or None)``.
+
+  With ``running_stats`` the model normalises with them (evaluation mode);
+  otherwise with batch statistics, which ``collect`` returns for the running
+  averages (``None`` for models that keep none).
+  """
+  variables = {"params": model_params}
+  if running_stats is not None:
+    variables[layers.BATCH_STATS] = running_stats
+    out = model.apply(variables, x)
+    return (out, None) if collect else out
+  if not collect:
+    return model.apply(variables, x)
+  out, updated = model.apply(variables, x, mutable=[layers.BATCH_STATS])
+  return out, (updated.get(layers.BATCH_STATS) or None)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModelLearner(Learner):
   """A flax model plus a per-task loss; subclasses define ``adapt``.
@@ -56,11 +88,15 @@ class ModelLearner(Learner):
       on the support set, nearly free) or ``'query'`` (one more forward pass).
     ways: classes per task (classification), checked against ``model``'s
       outputs and the labels.
+    running_stats: batch-norm running statistics to normalise with (set by
+      :meth:`with_model_state` for evaluation; ``None``: batch statistics).
   """
   model: nn.Module
   loss: str | Callable = "mse"
   pre_metrics_on: str = dataclasses.field(default="support", kw_only=True)
   ways: int | None = dataclasses.field(default=None, kw_only=True)
+  running_stats: Any = dataclasses.field(default=None, kw_only=True,
+                                         repr=False)
 
   def __post_init__(self):
     if self.pre_metrics_on not in PRE_METRICS_ON:
@@ -109,17 +145,37 @@ class ModelLearner(Learner):
   def task_loss(self, params, task: Task, *, iteration=0):
     """``(query loss after adaptation, metrics)`` with the ``pre_`` metrics
     of the unadapted model; methods without a schedule ignore
-    ``iteration``."""
+    ``iteration``. Under running batch-norm statistics the query pass's
+    batch statistics are reported under ``'batch_stats'``."""
     del iteration
     adapted = self.adapt(params, task.support_x, task.support_y)
-    metrics = self.metrics(self.apply(adapted, task.query_x), task.query_y)
+    metrics = self.query_metrics(adapted, task)
     metrics.update(self.pre_metrics(params["model"], task))
     return metrics["loss"], metrics
+
+  # -- running statistics ----------------------------------------------------
+  def init_model_state(self, params, task: Task):
+    del params
+    return init_running_stats(self.model, task.support_x)
+
+  def with_model_state(self, model_state):
+    return (self if model_state is None
+            else dataclasses.replace(self, running_stats=model_state))
 
   # -- helpers -------------------------------------------------------------
   def apply(self, model_params, x):
     """The model's outputs for inputs ``x`` under ``model_params``."""
-    return self.model.apply({"params": model_params}, x)
+    return apply_model(self.model, model_params, x, self.running_stats)
+
+  def query_metrics(self, model_params, task: Task) -> dict:
+    """Query metrics under ``model_params``, plus the pass's batch
+    statistics (``'batch_stats'``) when the model keeps running ones."""
+    out, stats = apply_model(self.model, model_params, task.query_x,
+                             self.running_stats, collect=True)
+    metrics = self.metrics(out, task.query_y)
+    if stats is not None:
+      metrics[BATCH_STATS] = stats
+    return metrics
 
   def support_loss(self, model_params, x, y):
     return self.loss_fn(self.apply(model_params, x), y)

@@ -265,7 +265,7 @@ class Reptile(ModelLearner):
     theta = jax.lax.stop_gradient(params["model"])
     phi = jax.lax.stop_gradient(
         self.adapt(params, task.support_x, task.support_y))
-    metrics = self.metrics(self.apply(phi, task.query_x), task.query_y)
+    metrics = self.query_metrics(phi, task)
     metrics.update(self.pre_metrics(theta, task))
     grads = {"model": jax.tree_util.tree_map(jnp.subtract, theta, phi)}
     return (metrics["loss"], metrics), grads

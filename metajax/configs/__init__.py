@@ -37,6 +37,15 @@ learner owns; its keys, where the paper gives them:
   queries per class as the code drew them); ``eval_queries``,
   ``eval_tasks``: the test protocol where the code fixes it.
 * ``filters``, ``max_pool``: the paper's Conv-4 width and downsampling.
+
+``PaperSetting.protocol`` is how the official code ran the cell beyond the
+learner and the optimiser, in the Omniglot experiment's field names
+(``experiments/omniglot/configs.py``): the network (``filters``,
+``downsample``, ``norm``, ``features``, ``head_init``, ``adapt_norm``), the
+data (``rotation``, ``eval_rotation``, ``split``) and the optimiser's details
+(``adam_eps``, ``lr_decay_every``, validation). ``PaperSetting.published``
+holds the published numbers, each with the batch-norm policy it was made
+under.
 """
 from __future__ import annotations
 
@@ -45,6 +54,33 @@ import dataclasses
 import functools
 import importlib
 from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+  """One published number of a paper cell.
+
+  Attributes:
+    value: the published metric, in percent for accuracies.
+    ci95: its published 95% interval half-width (``None`` if not given).
+    where: the table (and paper) it is printed in.
+    batch_norm: the batch-norm policies that correspond to how it was made
+      (:data:`metajax.models.layers.NORMS`); a run is compared with the
+      number of its own policy.
+    note: how it was made, where that matters (ensembles, seeds, filters).
+  """
+  value: float
+  ci95: float | None
+  where: str
+  batch_norm: tuple[str, ...] = ("transductive",)
+  note: str = ""
+
+  def matches(self, norm: str) -> bool:
+    return norm in self.batch_norm
+
+  def to_dict(self) -> dict:
+    return {"value": self.value, "ci95": self.ci95, "where": self.where,
+            "batch_norm": list(self.batch_norm), "note": self.note}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +93,17 @@ class PaperSetting:
     source: the paper's table/section and/or the official code's file and
       flags that the values come from.
     note: where the entry departs from or fills in for the paper, and why.
+    protocol: how the official code ran the cell beyond ``learner`` and
+      ``outer`` (network, batch norm, data; see the module docstring).
+    published: the published numbers (:class:`Published`), one per
+      batch-norm policy the paper reports.
   """
   learner: Mapping[str, Any]
   outer: Mapping[str, Any]
   source: str
   note: str = ""
+  protocol: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  published: tuple[Published, ...] = ()
 
   def __post_init__(self):
     # An unsourced number is the thing this package exists to prevent.
@@ -74,6 +116,8 @@ class _Method:
   module: str                                    # metajax.configs.<module>
   learner: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   source: str = ""                               # what the variant adds
+  # setting -> the variant's own published numbers (replacing the table's)
+  published: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 # Registered method name -> its paper's module, plus the constructor switch
@@ -81,7 +125,14 @@ class _Method:
 _METHODS: dict[str, _Method] = {
     "maml": _Method("maml"),
     "fomaml": _Method("maml", {"first_order": True},
-                      "first order: cbfinn/maml --stop_grad=True"),
+                      "first order: cbfinn/maml --stop_grad=True",
+                      published={
+                          f"omniglot_{w}way_{k}shot": (Published(
+                              v, ci, "Nichol et al. 2018 Table 1 (first-order "
+                              "MAML, transductive)", ("maml", "transductive")),)
+                          for (w, k), (v, ci) in {
+                              (5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2),
+                              (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}.items()}),
     "anil": _Method("anil"),
     "metasgd": _Method("metasgd"),
     "mamlpp": _Method("maml_plus_plus"),
@@ -114,7 +165,8 @@ def _table(method: str) -> dict[str, PaperSetting]:
     return dict(table)
   return {key: dataclasses.replace(
       s, learner={**s.learner, **spec.learner},
-      source=f"{s.source}; {spec.source}") for key, s in table.items()}
+      source=f"{s.source}; {spec.source}",
+      published=spec.published.get(key, ())) for key, s in table.items()}
 
 
 def settings(method: str) -> tuple[str, ...]:
@@ -157,4 +209,5 @@ def table() -> str:
   return "\n".join(rows) + "\n"
 
 
-__all__ = ["PaperSetting", "get", "methods", "settings", "table"]
+__all__ = ["PaperSetting", "Published", "get", "methods", "settings",
+           "table"]

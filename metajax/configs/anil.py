@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from metajax.configs import PaperSetting
+from metajax.configs import PaperSetting, Published
 from metajax.configs import maml
+
+#: Raghu et al. 2020 Table 2 (ANIL, Omniglot 20-way).
+_PUBLISHED = {"omniglot_20way_1shot": (96.2, 0.5),
+              "omniglot_20way_5shot": (98.0, 0.3)}
 
 _PAPER_CELLS = ("omniglot_20way_1shot", "omniglot_20way_5shot",
                 "miniimagenet_5way_1shot", "miniimagenet_5way_5shot")
@@ -32,7 +36,10 @@ def _entry(key: str, s: PaperSetting) -> PaperSetting:
   return dataclasses.replace(
       s, source=("Raghu et al. 2020 Sec. 4: ANIL is trained with MAML's "
                  f"hyperparameters; MAML's: {s.source}"),
-      note=note)
+      note=note,
+      published=((Published(*_PUBLISHED[key], "Raghu et al. 2020 Table 2",
+                            ("maml", "transductive")),)
+                 if key in _PUBLISHED else ()))
 
 
 SETTINGS: dict[str, PaperSetting] = {

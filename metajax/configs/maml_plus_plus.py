@@ -26,7 +26,11 @@ count (``number_of_evaluation_steps_per_iter`` = 5).
 """
 from __future__ import annotations
 
-from metajax.configs import PaperSetting
+from metajax.configs import PaperSetting, Published
+
+#: Antoniou et al. 2019 Table 1, Omniglot (MAML++; intervals where printed).
+_PUBLISHED = {(5, 1): (99.47, None), (5, 5): (99.93, None),
+              (20, 1): (97.65, 0.05), (20, 5): (99.33, 0.03)}
 
 _REPO = "HowToTrainYourMAMLPytorch"
 
@@ -49,7 +53,15 @@ def _omniglot(ways: int, shots: int) -> PaperSetting:
       note=("the paper's Omniglot numbers (99.47 / 99.93 / 97.65 / 99.33) "
             "were made with 48 filters, an ensemble of the top 3 validation "
             "models and 3 seeds (the repository's issues #7, #20); these are "
-            "the released configs"))
+            "the released configs"),
+      protocol=dict(filters=64, downsample="maxpool", norm="transductive",
+                    rotation="classes", queries=1, eval_tasks=600,
+                    iterations=100 * 500),
+      published=(Published(
+          *_PUBLISHED[(ways, shots)], "Antoniou et al. 2019 Table 1",
+          ("transductive",),
+          note="48 filters, ensemble of the top 3 validation models, 3 "
+               "seeds"),))
 
 
 def _miniimagenet(shots: int) -> PaperSetting:

@@ -23,12 +23,32 @@ training tasks every step sees the same images and Reptile's useful term
 ``num_shots + 1`` per class). The README's
 headline numbers use ``--transductive`` (batch norm over all queries at
 once); the non-transductive commands are otherwise identical.
+
+Non-transductive evaluation in the code predicts each query from a batch of
+the support set plus that one query (``_test_predictions``), so batch norm
+still sees the support set. metajax's nearest policy is running statistics
+(``norm='running'``), under which each query is normalised with averages
+over training; the non-transductive cells use it and say so.
+
+Protocol (``protocol``): ``models.py`` ``OmniglotModel`` (64 filters, stride
+2, batch norm with a scale, 256 flattened features); ``omniglot.py``
+``split_dataset`` (a random 1200 / 423 split; metajax's seeded ``'maml'``
+split stands in) and ``augment_dataset`` (training characters at four
+rotations as new classes; test characters unrotated); the inner Adam's
+slots persist across tasks in the code, while metajax's start fresh per
+task (see :mod:`metajax.algorithms.reptile`).
 """
 from __future__ import annotations
 
-from metajax.configs import PaperSetting
+from metajax.configs import PaperSetting, Published
 
 _README = "openai/supervised-reptile README"
+#: Nichol et al. 2018 Table 1 (Omniglot): (transductive, not transductive),
+#: each (accuracy, 95% interval).
+_PUBLISHED = {(5, 1): ((97.68, 0.04), (95.39, 0.09)),
+              (5, 5): ((99.48, 0.06), (98.90, 0.10)),
+              (20, 1): ((89.43, 0.14), (88.14, 0.15)),
+              (20, 5): ((97.12, 0.32), (96.65, 0.33))}
 
 
 def _omniglot(ways: int, shots: int) -> PaperSetting:
@@ -51,7 +71,21 @@ def _omniglot(ways: int, shots: int) -> PaperSetting:
               f"{'--shots 1 ' if shots == 1 else ''}--train-shots 10 {flags} "
               "--meta-step 1 --meta-step-final 0 --eval-iters 50; "
               "args.py --eval-samples 10000; models.py OmniglotModel: 64 "
-              "filters, stride 2"))
+              "filters, stride 2"),
+      protocol=dict(filters=64, downsample="stride", norm="transductive",
+                    features="flatten", rotation="classes",
+                    eval_rotation="none", split="maml", queries=1,
+                    eval_tasks=10_000,
+                    anneal_iterations=100_000 if five else 200_000),
+      published=(
+          Published(*_PUBLISHED[(ways, shots)][0],
+                    "Nichol et al. 2018 Table 1 (transductive)",
+                    ("transductive",)),
+          Published(*_PUBLISHED[(ways, shots)][1],
+                    "Nichol et al. 2018 Table 1 (not transductive)",
+                    ("running",),
+                    note="the code normalises each query with the support "
+                         "set; metajax's 'running' uses running averages")))
 
 
 def _miniimagenet(shots: int) -> PaperSetting:

@@ -20,7 +20,19 @@ ProtoNets, ...) implements :class:`Learner`:
   inner steps where that applies).
 
 Outer state is explicit, as in optax and learned_optimization: a learner
-object holds only constants. Whatever changes over meta-training is either a
+object holds only constants.
+
+Batch norm with running statistics (``norm='running'`` in
+:mod:`metajax.models.layers`) is the one piece of state that is neither a
+meta-parameter nor optimiser state: running averages of the batch
+statistics of each training forward pass. It lives in
+``MetaState.model_state`` (``None`` for every other model). A learner whose
+model keeps such statistics reports the batch's in its metrics under
+:data:`BATCH_STATS` (averaged over the meta-batch like any metric);
+:func:`make_meta_step` removes them from the metrics and folds them into
+``model_state`` with :meth:`Learner.update_model_state`. Evaluation uses
+``learner.with_model_state(state.model_state)``, a learner whose model
+normalises with the running averages (PyTorch's ``eval()``). Whatever changes over meta-training is either a
 meta-parameter (learned inner rates, in ``params``), optimiser state (an
 annealed outer step size, in ``opt_state``), or a function of the
 meta-iteration ``iteration`` that :func:`make_meta_step` passes in from
@@ -47,6 +59,9 @@ from metajax.core.tasks import Task, check_tasks
 
 Params = Any
 Metrics = dict
+#: the metrics key under which a training forward pass reports its batch
+#: statistics (``norm='running'``); :func:`make_meta_step` consumes it.
+BATCH_STATS = "batch_stats"
 
 
 class Learner(abc.ABC):
@@ -116,6 +131,34 @@ class Learner(abc.ABC):
     lets :meth:`check` catch targets that would broadcast in the loss."""
     return None
 
+  # -- running statistics (batch norm in train/eval mode) -------------------
+  #: weight of a new batch in the running averages (PyTorch's ``momentum``).
+  running_momentum: float = 0.1
+
+  def init_model_state(self, params: Params, task: Task) -> Any:
+    """Initial non-parameter model state (running batch-norm statistics) for
+    tasks shaped like ``task``; ``None`` for models without any."""
+    del params, task
+    return None
+
+  def update_model_state(self, model_state: Any, batch_stats: Any) -> Any:
+    """``model_state`` after one meta-step whose training forward passes
+    reported ``batch_stats`` (the meta-batch mean): an exponential moving
+    average with weight :attr:`running_momentum`."""
+    if model_state is None or batch_stats is None:
+      return model_state
+    m = self.running_momentum
+    return jax.tree_util.tree_map(
+        lambda r, b: (1.0 - m) * r + m * b.astype(r.dtype), model_state,
+        batch_stats)
+
+  def with_model_state(self, model_state: Any) -> "Learner":
+    """The learner to evaluate with: its model uses ``model_state`` (running
+    statistics) instead of batch statistics. Learners without model state
+    return themselves."""
+    del model_state
+    return self
+
   def meta_grad(self, params: Params, tasks: Task, *, iteration=0,
                 task_map: str = "vmap", chunk_size: int | None = None):
     """Mean over tasks of ``task_grad``: ``((loss, metrics), grads)``."""
@@ -125,17 +168,21 @@ class Learner(abc.ABC):
 
 
 class MetaState(NamedTuple):
-  """Meta-training state: meta-parameters, optimiser state, step count."""
+  """Meta-training state: meta-parameters, optimiser state, step count and
+  the model's running statistics (``None`` unless its batch norm keeps
+  them; see the module docstring)."""
   params: Params
   opt_state: Any
   step: jax.Array
+  model_state: Any = None
 
 
 def init_state(learner: Learner, optimizer: optax.GradientTransformation,
                rng: jax.Array, task: Task) -> MetaState:
   """Initial :class:`MetaState` for tasks shaped like ``task`` (one task)."""
   params = learner.init(rng, task)
-  return MetaState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  return MetaState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                   learner.init_model_state(params, task))
 
 
 def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
@@ -162,7 +209,9 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
     ``step(state, tasks) -> (state, metrics)``, where ``tasks`` is a
     :class:`~metajax.Task` with a leading task axis and ``metrics`` holds the
     task-averaged ``loss`` (query, after adaptation), ``pre_loss`` and, for
-    classification, ``accuracy`` / ``pre_accuracy``.
+    classification, ``accuracy`` / ``pre_accuracy`` (batch statistics
+    reported under :data:`BATCH_STATS` go into ``state.model_state``
+    instead).
   """
   if task_map not in task_map_lib.METHODS:
     raise ValueError(
@@ -173,9 +222,12 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
     (_, metrics), grads = learner.meta_grad(
         state.params, tasks, iteration=state.step, task_map=task_map,
         chunk_size=chunk_size)
+    metrics = dict(metrics)
+    model_state = learner.update_model_state(
+        state.model_state, metrics.pop(BATCH_STATS, None))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return MetaState(params, opt_state, state.step + 1), metrics
+    return MetaState(params, opt_state, state.step + 1, model_state), metrics
 
   jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
 

@@ -31,6 +31,24 @@ def from_predicate(params: Any, predicate: Callable[[str], bool]) -> Any:
       lambda p, _: bool(predicate(path_str(p))), params)
 
 
+def is_norm(path: str) -> bool:
+  """Whether a parameter path belongs to a normalisation layer (a path
+  segment named ``norm...``, as :class:`metajax.models.Conv4`'s
+  ``norm0``..``norm3`` and :class:`metajax.models.layers.BatchNorm`)."""
+  return any(part.startswith("norm") or part.startswith("BatchNorm")
+             for part in path.split("/"))
+
+
+def exclude_norm(path: str) -> bool:
+  """Adapt-mask predicate: every parameter except normalisation layers'.
+
+  cbfinn/maml keeps batch norm's variables out of the fast weights (they
+  are meta-learned but not adapted in the inner loop); pass this as
+  ``adapt_mask`` for that behaviour.
+  """
+  return not is_norm(path)
+
+
 def resolve(mask: Any, params: Any) -> list[bool]:
   """The mask as a flat list of bools aligned with ``params``' leaves.
 

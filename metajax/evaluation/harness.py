@@ -128,11 +128,14 @@ def _pad(tasks: Task, size: int) -> Task:
 def make_evaluator(learner, *, steps: int | None = None,
                    task_map: str = "map", chunk_size: int | None = None
                    ) -> Callable[[Any, Task], dict]:
-  """``jit(params, tasks) -> metrics``: ``learner.evaluate`` mapped over tasks.
+  """``jit(params, tasks, model_state=None) -> metrics``: ``learner.evaluate``
+  mapped over tasks.
 
   Each metric comes back as ``(T,)`` or ``(T, steps + 1)`` (a curve over
-  inner steps, for learners that report one). Cached per (hashable) learner
-  and settings, so evaluating checkpoint after checkpoint compiles once.
+  inner steps, for learners that report one). ``model_state`` (running
+  batch-norm statistics) is an argument, not a constant, so the cache holds:
+  per (hashable) learner and settings, evaluating checkpoint after
+  checkpoint compiles once.
   """
   try:
     return _evaluator(learner, steps, task_map, chunk_size)
@@ -146,9 +149,11 @@ def _evaluator(learner, steps, task_map, chunk_size):
     raise ValueError(f"unknown task mapping {task_map!r}; choose one of "
                      f"{task_map_lib.METHODS}")
 
-  def run(params, tasks):
+  def run(params, tasks, model_state=None):
+    evaluator = (learner if model_state is None
+                 else learner.with_model_state(model_state))
     return task_map_lib.map_tasks(
-        lambda t: learner.evaluate(params, t, steps=steps), tasks,
+        lambda t: evaluator.evaluate(params, t, steps=steps), tasks,
         method=task_map, chunk_size=chunk_size)
 
   return jax.jit(run)
@@ -158,7 +163,7 @@ def evaluate(learner, params, tasks, *, num_tasks: int = DEFAULT_NUM_TASKS,
              seed: int = 0, steps: int | None = None, batch_size: int = 100,
              task_map: str = "map", chunk_size: int | None = None,
              metric: str | None = None, config: dict | None = None,
-             check: bool = True) -> EvalResult:
+             check: bool = True, model_state=None) -> EvalResult:
   """Meta-test accuracy (or loss) over ``num_tasks`` tasks with a 95% CI.
 
   Args:
@@ -181,6 +186,10 @@ def evaluate(learner, params, tasks, *, num_tasks: int = DEFAULT_NUM_TASKS,
       ``'loss'`` (MSE for regression learners).
     config: extra entries for ``EvalResult.config``.
     check: validate the first batch with ``learner.check``.
+    model_state: the trained ``MetaState.model_state`` (running batch-norm
+      statistics); evaluation then normalises with them
+      (``learner.with_model_state``), as PyTorch's ``eval()``. ``None``:
+      the learner's model as it is (batch statistics, if it has any).
 
   Returns:
     An :class:`EvalResult` (``.to_json()`` for a results file).
@@ -209,7 +218,7 @@ def evaluate(learner, params, tasks, *, num_tasks: int = DEFAULT_NUM_TASKS,
     n = batch.num_tasks
     if n > size:
       raise ValueError(f"the task source returned {n} tasks, asked for {size}")
-    out = jax.device_get(run(params, _pad(batch, size)))
+    out = jax.device_get(run(params, _pad(batch, size), model_state))
     for k, v in out.items():
       v = np.asarray(v, np.float64)[:n]
       chunks.setdefault(k, []).append(v.reshape(n, -1))

@@ -15,6 +15,9 @@ import flax.linen as nn
 from metajax.models.layers import Conv, NormReluMaxPool, norm_layer
 
 DOWNSAMPLE = ("maxpool", "stride")
+#: initialisers of the head's kernel.
+HEAD_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
+              "normal": nn.initializers.normal(stddev=1.0)}
 #: how the last block's ``(N, h, w, filters)`` map becomes a feature vector.
 FEATURES = ("flatten", "pool")
 
@@ -29,11 +32,18 @@ class Conv4(nn.Module):
     blocks: number of conv blocks.
     downsample: ``'maxpool'`` (2x2 max-pool after each block) or ``'stride'``
       (the block's convolution has stride 2, no pooling).
-    norm: batch-norm policy, see :mod:`metajax.models.layers`
-      (``'transductive'``: statistics of each batch it sees, per task).
+    norm: batch-norm policy, one of :data:`metajax.models.layers.NORMS`
+      (see :class:`metajax.models.layers.BatchNorm`): ``'transductive'``
+      (statistics of each batch it sees, per task), ``'running'`` (batch
+      statistics in training, running averages in evaluation), ``'maml'``
+      (cbfinn/maml's: batch statistics, offset only, epsilon 1e-3) or
+      ``'none'``.
     features: ``'flatten'`` (``h * w * filters`` features, as MAML and
       ProtoNets) or ``'pool'`` (the spatial mean, ``filters`` features
       whatever the input size).
+    head_init: the head kernel's initialiser, one of :data:`HEAD_INITS`:
+      ``'lecun_normal'`` (flax's default) or ``'normal'`` (N(0, 1), as
+      cbfinn/maml's ``tf.random_normal`` head); biases start at zero.
   """
   num_outputs: int | None = 5
   filters: int = 64
@@ -41,6 +51,7 @@ class Conv4(nn.Module):
   downsample: str = "maxpool"
   norm: str = "transductive"
   features: str = "flatten"
+  head_init: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, x):
@@ -52,6 +63,10 @@ class Conv4(nn.Module):
     if self.features not in FEATURES:
       raise ValueError(
           f"unknown features {self.features!r}; choose one of {FEATURES}")
+    if self.head_init not in HEAD_INITS:
+      raise ValueError(
+          f"unknown head_init {self.head_init!r}; choose one of "
+          f"{tuple(HEAD_INITS)}")
     small = min(x.shape[1:3])
     if small < 2 ** self.blocks:
       raise ValueError(
@@ -69,4 +84,5 @@ class Conv4(nn.Module):
          else x.mean(axis=(1, 2)))
     if self.num_outputs is None:
       return x
-    return nn.Dense(self.num_outputs, name="head")(x)
+    return nn.Dense(self.num_outputs, kernel_init=HEAD_INITS[self.head_init],
+                    name="head")(x)

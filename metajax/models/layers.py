@@ -10,17 +10,15 @@ from jax import lax
 
 from metajax.models import ops
 
-NORMS = ("transductive", "none")
-
-
 class Conv(nn.Module):
-  """3x3-style 2-D convolution, NHWC, with the fast-backward op at stride 1.
+  """3x3-style 2-D convolution, NHWC, on :func:`metajax.models.ops.conv2d`
+  (custom gradients of any order, at any stride).
 
   Attributes:
     features: output channels.
     kernel_size: square kernel side.
-    strides: 1, or e.g. 2 for MAML's strided Omniglot net (stride > 1 uses
-      ``lax.conv_general_dilated`` and XLA's own gradient).
+    strides: 1, or e.g. 2 for MAML's strided Omniglot net (``'SAME'`` then
+      gives ``ceil(H / strides)`` outputs a side, as lax and TensorFlow).
     padding: ``'SAME'`` or ``'VALID'``.
     use_bias: add a bias (redundant before batch norm, kept for parity with
       the PyTorch reference).
@@ -43,12 +41,7 @@ class Conv(nn.Module):
     k = self.kernel_size
     w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
                    x.dtype)
-    if self.strides == 1:
-      y = ops.conv2d(x, w, self.padding)
-    else:
-      y = lax.conv_general_dilated(
-          x, w, (self.strides, self.strides), self.padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = ops.conv2d(x, w, self.padding, self.strides)
     bias = (self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
             if self.use_bias else None)
     if split_bias:
@@ -77,24 +70,115 @@ def _moments_jvp(primals, tangents):
   return (mean, var), (dmean, 2 * (jnp.mean(x * dx, axes) - mean * dmean))
 
 
-class TransductiveBatchNorm(nn.Module):
-  """Batch norm over the batch it is given, with no running statistics.
+#: batch-norm policies (see :class:`BatchNorm`).
+NORMS = ("transductive", "running", "maml", "none")
+#: the collection holding running statistics under ``norm='running'``.
+BATCH_STATS = "batch_stats"
+#: epsilon of the ``'maml'`` policy (``tf.contrib.layers.batch_norm``'s default).
+MAML_EPSILON = 1e-3
 
-  This is MAML's batch-norm policy: every call normalises with the mean and
-  (biased) variance of its own input over all axes but the last. Applied per
-  task under ``vmap``/``lax.map`` and separately to the support and query
-  sets, statistics never mix across tasks or sets. Only the scale and shift
-  are parameters (and adapt in the inner loop like any other).
+
+def _check_norm(norm: str) -> None:
+  if norm not in NORMS:
+    raise ValueError(f"unknown norm policy {norm!r}; choose one of {NORMS}")
+
+
+def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
+                   shift=None):
+  """``(mean, scale / std, bias, scale)`` of policy ``norm`` for ``y + shift``.
+
+  ``shift`` (a per-channel conv bias not yet added to ``y``, or ``None``)
+  enters the mean only: the variance of ``y + shift`` is that of ``y``.
+
+  Called inside ``module``'s compact ``__call__``, so parameters and running
+  statistics are the module's own. Under ``'running'``:
+
+  * ``batch_stats`` given and not mutable (evaluation): the stored running
+    mean and variance, without gradient, so each example is normalised on
+    its own and the output does not depend on the rest of the batch;
+  * otherwise (training): the batch's statistics; when ``batch_stats`` is
+    mutable the batch's mean and *unbiased* variance are written to it (the
+    quantities PyTorch's running averages average), for the caller to fold
+    into its running averages (:func:`update_running_stats`).
   """
+  c = y.shape[-1]
+  bias = module.param("bias", nn.initializers.zeros, (c,), y.dtype)
+  if norm == "maml":
+    scale, epsilon = None, MAML_EPSILON
+  else:
+    scale = module.param("scale", nn.initializers.ones, (c,), y.dtype)
+  evaluating = (norm == "running"
+                and module.has_variable(BATCH_STATS, "mean")
+                and not module.is_mutable_collection(BATCH_STATS))
+  if evaluating:
+    mean = lax.stop_gradient(module.get_variable(BATCH_STATS, "mean"))
+    var = lax.stop_gradient(module.get_variable(BATCH_STATS, "var"))
+  else:
+    mean, var = _moments(y)
+    if shift is not None:
+      mean = mean + shift
+    if norm == "running" and module.is_mutable_collection(BATCH_STATS):
+      n = y.size // c
+      unbiased = var * (n / max(n - 1, 1))
+      module.put_variable(BATCH_STATS, "mean", lax.stop_gradient(mean))
+      module.put_variable(BATCH_STATS, "var", lax.stop_gradient(unbiased))
+  inv = lax.rsqrt(var + epsilon)
+  return mean, (inv if scale is None else scale * inv), bias, scale
+
+
+class BatchNorm(nn.Module):
+  """Batch norm under one of the policies :data:`NORMS`.
+
+  * ``'transductive'`` (MAML's and most meta-learning code's): every call
+    normalises with the mean and biased variance of its own input over all
+    axes but the last. Applied per task under ``vmap``/``lax.map`` and
+    separately to the support and query sets, statistics never mix across
+    tasks or sets. Parameters: ``scale`` and ``bias``.
+  * ``'running'`` (standard train/eval, as PyTorch's ``train()``/``eval()``
+    in the ProtoNets code): batch statistics in training, stored running
+    averages (collection :data:`BATCH_STATS`) in evaluation; see
+    :func:`_normalisation` and :func:`update_running_stats`.
+  * ``'maml'`` (cbfinn/maml's ``tf.contrib.layers.batch_norm`` with its
+    defaults): batch statistics always, ``epsilon`` 1e-3, an offset
+    ``bias`` and no scale. That code keeps these variables out of the fast
+    weights; with metajax's learners, pass
+    :func:`metajax.core.masks.exclude_norm` as the adapt mask.
+  * ``'none'``: identity.
+  """
+  norm: str = "transductive"
   epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), x.dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), x.dtype)
-    mean, var = _moments(x)
-    return (x - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+    _check_norm(self.norm)
+    if self.norm == "none":
+      return x
+    mean, mult, bias, _ = _normalisation(self, x, self.norm, self.epsilon)
+    return (x - mean) * mult + bias
+
+
+class TransductiveBatchNorm(BatchNorm):
+  """:class:`BatchNorm` with ``norm='transductive'`` (MAML's policy)."""
+  norm: str = "transductive"
+
+
+def update_running_stats(running, batch, momentum: float = 0.1):
+  """``(1 - momentum) * running + momentum * batch`` on matching pytrees.
+
+  PyTorch's update (``momentum`` 0.1 by default); ``batch`` holds the batch
+  means and unbiased variances written under ``norm='running'``.
+  """
+  return jax.tree_util.tree_map(
+      lambda r, b: (1.0 - momentum) * r + momentum * b.astype(r.dtype),
+      running, batch)
+
+
+def initial_running_stats(stats):
+  """Running statistics at initialisation: mean 0, variance 1 (PyTorch's),
+  shaped like ``stats`` (a ``batch_stats`` collection)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, a: (jnp.ones_like(a) if getattr(path[-1], "key", None) == "var"
+                       else jnp.zeros_like(a)), stats)
 
 
 class NormReluMaxPool(nn.Module):
@@ -130,28 +214,29 @@ class NormReluMaxPool(nn.Module):
   def __call__(self, y, conv_bias=None):
     """``(N, H, W, C)`` conv outputs (without their bias) ``->
     (N, H // window, W // window, C)``."""
+    _check_norm(self.norm)
     if self.norm == "none":
       p = ops.max_pool(y, self.window)
       return nn.relu(p if conv_bias is None else p + conv_bias)
-    if self.norm != "transductive":
-      raise ValueError(f"unknown norm policy {self.norm!r}; choose one of {NORMS}")
-    c = y.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), y.dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), y.dtype)
-    mean, var = _moments(y)
-    sign = lax.stop_gradient(jnp.where(scale >= 0, 1, -1).astype(y.dtype))
-    m = sign * ops.max_pool(sign * y, self.window)
+    mean, mult, bias, scale = _normalisation(self, y, self.norm, self.epsilon,
+                                             shift=conv_bias)
+    if scale is None:
+      m = ops.max_pool(y, self.window)
+    else:
+      sign = lax.stop_gradient(jnp.where(scale >= 0, 1, -1).astype(y.dtype))
+      m = sign * ops.max_pool(sign * y, self.window)
     if conv_bias is not None:
-      # The conv bias cancels in batch norm; entering through the pooled
-      # values and the mean, it gets its (analytically zero) gradient.
-      m, mean = m + conv_bias, mean + conv_bias
-    return nn.relu((m - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias)
+      # With batch statistics the conv bias cancels; entering through the
+      # pooled values and the mean, it gets its (analytically zero)
+      # gradient. Running means are stored with the bias included, as in
+      # the unfused order, so in evaluation it cancels only approximately.
+      m = m + conv_bias
+    return nn.relu((m - mean) * mult + bias)
 
 
 def norm_layer(norm: str, name: str | None = None):
-  """The normalisation layer for a policy name (``NORMS``)."""
-  if norm == "transductive":
-    return TransductiveBatchNorm(name=name)
+  """The normalisation layer for a policy name (:data:`NORMS`)."""
+  _check_norm(norm)
   if norm == "none":
     return lambda x: x
-  raise ValueError(f"unknown norm policy {norm!r}; choose one of {NORMS}")
+  return BatchNorm(norm, name=name)

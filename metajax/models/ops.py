@@ -1,13 +1,15 @@
 """Array ops for the model zoo, written for speed under nested autodiff on CPU.
 
-``conv2d``: a stride-1 NHWC/HWIO convolution. Its forward pass, its input
-gradient and its kernel gradient are three bilinear maps, each with a custom
-VJP written in terms of the other two, so gradients of any order stay on the
-fast paths below (MAML's meta-gradient differentiates the backward pass).
-For ``y = conv(x, w)`` with cotangent ``dy``:
+``conv2d``: an NHWC/HWIO convolution, stride 1 or more. Its forward pass,
+its input gradient and its kernel gradient are three bilinear maps, each with
+a custom VJP written in terms of the other two, so gradients of any order
+stay on the fast paths below (MAML's meta-gradient differentiates the
+backward pass). For ``y = conv(x, w)`` with cotangent ``dy``:
 
-    dx = conv_input_grad(dy, w)      (full correlation with the flipped kernel)
-    dw = conv_kernel_grad(x, dy)     (correlation of x with dy, summed over N)
+    dx = conv_input_grad(dy, w)      (full correlation with the flipped kernel;
+                                      at stride s, of dy dilated by s)
+    dw = conv_kernel_grad(x, dy)     (correlation of x with dy, summed over N;
+                                      at stride s, with dy dilated by s)
 
 and, for cotangents ``c`` of those two maps,
 ``vjp(conv_input_grad) = (conv(c, w), conv_kernel_grad(c, dy))`` and
@@ -30,6 +32,43 @@ the kernel gradient, worst inside loops). Implementations (measured on a
   :mod:`metajax.xla_cpu` selects, are less sensitive);
 * forward pass otherwise, and input gradient: ``lax.conv_general_dilated``.
 
+At stride ``s > 1`` (MAML's Omniglot net) the same three maps and rules run
+with the stride as a static argument; ``conv2d`` first cuts input rows and
+columns that no strided window reaches, so each map is exactly the transpose
+of the others. Implementations (2-core AMD EPYC, float32, 64 channels):
+
+* forward pass: ``lax.conv_general_dilated`` with window strides (3.9 ms at
+  75 x 14 x 14 x 64 -> 7 x 7); with few input channels the broadcast
+  products of strided windows (0.26 ms against 1.5 ms for lax on
+  75 x 28 x 28 x 1 -> 14 x 14);
+* input gradient: a convolution of ``dy`` dilated by ``s``
+  (``lhs_dilation``), split into batch chunks of at most
+  ``INPUT_GRAD_POSITIONS`` positions of ``dy`` (300 x 7 x 7 x 64 -> 14 x 14:
+  37 -> 22 ms). When ``dy`` is smaller than the kernel (conv-4's last block,
+  2 x 2), XLA would swap the convolution's operands into the slow layout
+  above; there it is ``s * s`` stride-1 input gradients with the kernel's
+  phases ``w[p::s, q::s]``, interleaved (75 x 2 x 2 x 64 -> 4 x 4: 2.2 ->
+  0.8 ms). Those phases everywhere were 10-40% slower at 7 x 7 and 14 x 14;
+  zero-insertion followed by the stride-1 input gradient, 4x slower (4x the
+  multiply-adds);
+* kernel gradient: the stride-1 forms with strided windows: shifted copies
+  for few input channels (2.8 ms against 5.9 ms for a convolution at
+  300 x 28 x 28 x 1), otherwise the batch-contracted convolution with ``dy``
+  dilated by ``s`` as the kernel (``rhs_dilation``), chunked as at stride 1
+  (chunk size made no measurable difference here).
+* Rejected: space-to-depth (stride-1 maps on ``s * s * Cin`` channels and a
+  zero-padded ``ceil(k / s)`` kernel, all on the stride-1 rules): 1.8x the
+  multiply-adds, forward 6.9 ms and kernel gradient 11.9 ms against 3.9 and
+  5.9 ms at 75 x 14 x 14 x 64.
+
+Whole conv-4 MAML meta-steps (second order, one inner step, 28 x 28 x 1,
+15 queries a class; ``benchmarks/conv_stride.py``): 5-way 1-shot, meta-batch
+4, 70 ms against 1081 ms for the strided net on lax convolutions (and 211 ms
+for the max-pool net); 20-way 1-shot, meta-batch 2, 169 ms against 3559 ms
+(max-pool: 494 ms). XLA's own second-order rules for strided convolutions
+give kernel gradients with permuted dimension numbers (``f01b_i01o->01bf``)
+and unmaterialised kernel transposes.
+
 ``conv2d`` supports reverse-mode autodiff of any order (``jax.grad``,
 ``jax.vjp``, nested); forward mode (``jax.jvp``, ``jax.jacfwd``) is not
 available through ``custom_vjp``.
@@ -50,6 +89,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -59,15 +99,24 @@ SMALL_CIN = 3
 #: kernel-gradient convolutions are split into batch chunks with at most this
 #: many output positions (N * H' * W') each; ``0`` disables chunking.
 KERNEL_GRAD_POSITIONS = 5000
+#: strided input gradients are split likewise, by ``N * H' * W'`` of the
+#: cotangent (stride 1 is not split).
+INPUT_GRAD_POSITIONS = 5000
 
 
 # ---------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------
-def _pads(padding, kernel_hw):
-  """``((top, bottom), (left, right))`` for a padding spec (``ValueError`` if bad)."""
+def _pads(padding, kernel_hw, strides=(1, 1), in_hw=None):
+  """``((top, bottom), (left, right))`` for a padding spec (``ValueError`` if bad).
+
+  ``'SAME'`` at stride ``s`` pads to ``ceil(H / s)`` outputs, the extra row
+  or column (if any) at the bottom or right, as ``lax.padtype_to_pads``.
+  """
   if isinstance(padding, str):
     if padding == "SAME":
+      if tuple(strides) != (1, 1):
+        return tuple(lax.padtype_to_pads(in_hw, kernel_hw, strides, "SAME"))
       return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_hw)
     if padding == "VALID":
       return ((0, 0), (0, 0))
@@ -101,132 +150,215 @@ def _pad_hw(x, pads):
   return jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
 
-def _shifted(xp, kh, kw, ho, wo):
-  """The ``kh * kw`` windows ``xp[:, a:a+ho, b:b+wo]``, row-major in (a, b)."""
-  return [xp[:, a:a + ho, b:b + wo, :] for a in range(kh) for b in range(kw)]
+def _shifted(xp, kh, kw, ho, wo, strides=(1, 1)):
+  """The ``kh * kw`` windows ``xp[:, a:a+ho, b:b+wo]`` (at stride ``(sh, sw)``:
+  ``xp[:, a:a+sh*(ho-1)+1:sh, b:b+sw*(wo-1)+1:sw]``), row-major in (a, b)."""
+  if tuple(strides) == (1, 1):
+    return [xp[:, a:a + ho, b:b + wo, :] for a in range(kh) for b in range(kw)]
+  sh, sw = strides
+  return [xp[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw, :]
+          for a in range(kh) for b in range(kw)]
 
 
-def _forward(x, w, pads):
+def _forward(x, w, pads, strides=(1, 1)):
   cin = x.shape[-1]
   if cin > SMALL_CIN:
-    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_DN)
+    return lax.conv_general_dilated(x, w, tuple(strides), pads,
+                                    dimension_numbers=_DN)
   kh, kw = w.shape[:2]
-  ho = x.shape[1] + sum(pads[0]) - kh + 1
-  wo = x.shape[2] + sum(pads[1]) - kw + 1
+  sh, sw = strides
+  ho = (x.shape[1] + sum(pads[0]) - kh) // sh + 1
+  wo = (x.shape[2] + sum(pads[1]) - kw) // sw + 1
   out = None
-  for i, v in enumerate(_shifted(_pad_hw(x, pads), kh, kw, ho, wo)):
+  for i, v in enumerate(_shifted(_pad_hw(x, pads), kh, kw, ho, wo, strides)):
     for c in range(cin):
       t = v[..., c:c + 1] * w[i // kw, i % kw, c]
       out = t if out is None else out + t
   return out
 
 
-def _input_grad(dy, w, pads):
+def _input_grad_conv(dy, w, pads, strides):
   kh, kw = w.shape[:2]
   (pt, pb), (pl, pr) = pads
   # Full correlation with the spatially flipped, in/out-swapped kernel; a
-  # padding larger than kernel - 1 becomes a negative (cropping) padding.
+  # padding larger than kernel - 1 becomes a negative (cropping) padding. At
+  # stride s, dy is dilated by s (s - 1 zeros between entries); the padding
+  # is exact because ``conv2d`` cuts rows the strided windows never reach.
   w_t = _materialize(jnp.swapaxes(w[::-1, ::-1], 2, 3))
   return lax.conv_general_dilated(
       dy, w_t, (1, 1), ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)),
-      dimension_numbers=_DN)
+      lhs_dilation=tuple(strides), dimension_numbers=_DN)
 
 
-def _kernel_grad_chunk(x, dy, pads, kernel_hw):
+def _input_grad_phases(dy, w, pads, strides):
+  """Strided input gradient as ``sh * sw`` stride-1 ones: the rows
+  ``p, p + sh, ...`` of the padded input get the full correlation of ``dy``
+  with the kernel rows ``p, p + sh, ...`` (likewise columns); interleaved
+  and cropped to the unpadded input."""
+  sh, sw = strides
+  kh, kw = w.shape[:2]
+  (pt, pb), (pl, pr) = pads
+  n, ho, wo, _ = dy.shape
+  c = w.shape[2]
+  hq, wq = ho + -(-kh // sh) - 1, wo + -(-kw // sw) - 1
+  phases = []
+  for p in range(sh):
+    for q in range(sw):
+      sub = w[p::sh, q::sw]
+      if sub.size:
+        g = _input_grad_conv(dy, sub, ((0, 0), (0, 0)), (1, 1))
+        g = _pad_hw(g, ((0, hq - g.shape[1]), (0, wq - g.shape[2])))
+      else:  # kernel smaller than the stride: rows no window reaches
+        g = jnp.zeros((n, hq, wq, c), dy.dtype)
+      phases.append(g)
+  g = (jnp.stack(phases, 3).reshape(n, hq, wq, sh, sw, c)
+       .transpose(0, 1, 3, 2, 4, 5).reshape(n, hq * sh, wq * sw, c))
+  h = sh * (ho - 1) + kh - pt - pb
+  w_ = sw * (wo - 1) + kw - pl - pr
+  return g[:, pt:pt + h, pl:pl + w_]
+
+
+def _input_grad(dy, w, pads, strides=(1, 1)):
+  if tuple(strides) == (1, 1):
+    return _input_grad_conv(dy, w, pads, strides)
+  kh, kw = w.shape[:2]
+  if dy.shape[1] * dy.shape[2] < kh * kw:
+    # XLA would swap the operands of a convolution whose (undilated) input
+    # is smaller than its kernel, into the slow layout of this module's
+    # docstring (2.2 -> 0.8 ms at 75 x 2 x 2 x 64 -> 4 x 4).
+    return _input_grad_phases(dy, w, pads, strides)
+  n = dy.shape[0]
+  positions = dy.shape[1] * dy.shape[2]
+  if not INPUT_GRAD_POSITIONS or n * positions <= INPUT_GRAD_POSITIONS:
+    return _input_grad_conv(dy, w, pads, strides)
+  chunks = -(-n * positions // INPUT_GRAD_POSITIONS)
+  per = -(-n // chunks)
+  return jnp.concatenate([_input_grad_conv(dy[i:i + per], w, pads, strides)
+                          for i in range(0, n, per)], axis=0)
+
+
+def _kernel_grad_chunk(x, dy, pads, kernel_hw, strides=(1, 1)):
   kh, kw = kernel_hw
   cin = x.shape[-1]
   if cin <= SMALL_CIN:
     xp = _pad_hw(x, pads)
-    patches = jnp.concatenate(_shifted(xp, kh, kw, dy.shape[1], dy.shape[2]),
-                              axis=-1)
+    patches = jnp.concatenate(
+        _shifted(xp, kh, kw, dy.shape[1], dy.shape[2], strides), axis=-1)
     g = lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
     return g.reshape(kh, kw, cin, dy.shape[-1])
   # Channels of x play the batch, images the contracted features, dy the
   # (large) kernel: out[a, b, c, o] = sum_n,i,j xpad[n, i+a, j+b, c] dy[n, i, j, o],
-  # written as a canonical NHWC/HWIO convolution of explicit transposes.
+  # written as a canonical NHWC/HWIO convolution of explicit transposes (at
+  # stride s: i + a becomes s * i + a, the "kernel" dy dilated by s).
   xt = _materialize(jnp.transpose(x, (3, 1, 2, 0)))      # (Cin, H, W, N)
   dyt = _materialize(jnp.transpose(dy, (1, 2, 0, 3)))    # (H', W', N, Cout)
-  g = lax.conv_general_dilated(xt, dyt, (1, 1), pads, dimension_numbers=_DN)
+  g = lax.conv_general_dilated(xt, dyt, (1, 1), pads,
+                               rhs_dilation=tuple(strides), dimension_numbers=_DN)
   return jnp.transpose(g, (1, 2, 0, 3))                  # (kh, kw, Cin, Cout)
 
 
-def _kernel_grad(x, dy, pads, kernel_hw):
+def _kernel_grad(x, dy, pads, kernel_hw, strides=(1, 1)):
   n = x.shape[0]
   positions = dy.shape[1] * dy.shape[2]
   if (x.shape[-1] <= SMALL_CIN or not KERNEL_GRAD_POSITIONS
       or n * positions <= KERNEL_GRAD_POSITIONS):
-    return _kernel_grad_chunk(x, dy, pads, kernel_hw)
+    return _kernel_grad_chunk(x, dy, pads, kernel_hw, strides)
   chunks = -(-n * positions // KERNEL_GRAD_POSITIONS)
   per = -(-n // chunks)
   out = None
   for i in range(0, n, per):
-    g = _kernel_grad_chunk(x[i:i + per], dy[i:i + per], pads, kernel_hw)
+    g = _kernel_grad_chunk(x[i:i + per], dy[i:i + per], pads, kernel_hw, strides)
     out = g if out is None else out + g
   return out
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x, w, pads):
-  return _forward(x, w, pads)
+# ``pads`` and ``strides`` are static and exact: ``H + top + bottom - kh`` is
+# a multiple of the stride (``conv2d`` cuts the rest), so each map's output
+# shape follows from its inputs and the three are each other's transposes.
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, pads, strides):
+  return _forward(x, w, pads, strides)
 
 
 # The fwd rules call the custom functions themselves, not their bodies: at
 # second order JAX differentiates the fwd rule, which must then stay on these
 # custom rules instead of lax's transpose of a raw convolution.
-def _conv_fwd(x, w, pads):
-  return _conv(x, w, pads), (x, w)
+def _conv_fwd(x, w, pads, strides):
+  return _conv(x, w, pads, strides), (x, w)
 
 
-def _conv_bwd(pads, res, dy):
+def _conv_bwd(pads, strides, res, dy):
   x, w = res
-  return _conv_t(dy, w, pads), _conv_k(x, dy, pads, w.shape[:2])
+  return (_conv_t(dy, w, pads, strides),
+          _conv_k(x, dy, pads, w.shape[:2], strides))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_t(dy, w, pads):
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_t(dy, w, pads, strides):
   """Input gradient of ``_conv`` (the transpose of ``x -> conv(x, w)``)."""
-  return _input_grad(dy, w, pads)
+  return _input_grad(dy, w, pads, strides)
 
 
-def _conv_t_fwd(dy, w, pads):
-  return _conv_t(dy, w, pads), (dy, w)
+def _conv_t_fwd(dy, w, pads, strides):
+  return _conv_t(dy, w, pads, strides), (dy, w)
 
 
-def _conv_t_bwd(pads, res, c):
+def _conv_t_bwd(pads, strides, res, c):
   dy, w = res
-  return _conv(c, w, pads), _conv_k(c, dy, pads, w.shape[:2])
+  return (_conv(c, w, pads, strides),
+          _conv_k(c, dy, pads, w.shape[:2], strides))
 
 
 _conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_k(x, dy, pads, kernel_hw):
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_k(x, dy, pads, kernel_hw, strides):
   """Kernel gradient of ``_conv`` (the transpose of ``w -> conv(x, w)``)."""
-  return _kernel_grad(x, dy, pads, kernel_hw)
+  return _kernel_grad(x, dy, pads, kernel_hw, strides)
 
 
-def _conv_k_fwd(x, dy, pads, kernel_hw):
-  return _conv_k(x, dy, pads, kernel_hw), (x, dy)
+def _conv_k_fwd(x, dy, pads, kernel_hw, strides):
+  return _conv_k(x, dy, pads, kernel_hw, strides), (x, dy)
 
 
-def _conv_k_bwd(pads, kernel_hw, res, c):
+def _conv_k_bwd(pads, kernel_hw, strides, res, c):
   x, dy = res
-  return _conv_t(dy, c, pads), _conv(x, c, pads)
+  return _conv_t(dy, c, pads, strides), _conv(x, c, pads, strides)
 
 
 _conv_k.defvjp(_conv_k_fwd, _conv_k_bwd)
 
 
-def conv2d(x: jax.Array, w: jax.Array, padding="SAME") -> jax.Array:
-  """Stride-1 2-D convolution (cross-correlation, as in every DL framework).
+#: implementation of :func:`conv2d` when its ``impl`` is ``None``: ``'custom'``
+#: (the rules above) or ``'lax'`` (``lax.conv_general_dilated`` and XLA's own
+#: gradients; a reference for tests and benchmarks).
+IMPL = "custom"
+IMPLS = ("custom", "lax")
 
-  ``y[n, i, j, o] = sum_{a, b, c} xpad[n, i + a, j + b, c] * w[a, b, c, o]``
+
+def _strides(strides):
+  """``(sh, sw)`` for an int or a pair (``ValueError`` if not positive)."""
+  try:
+    st = ((int(strides),) * 2 if isinstance(strides, (int, np.integer))
+          else tuple(int(s) for s in strides))
+  except (TypeError, ValueError):
+    st = ()
+  if len(st) != 2 or min(st) < 1:
+    raise ValueError(f"strides must be a positive int or (sh, sw), got {strides!r}")
+  return st
+
+
+def conv2d(x: jax.Array, w: jax.Array, padding="SAME", strides=1,
+           impl: str | None = None) -> jax.Array:
+  """2-D convolution (cross-correlation, as in every DL framework).
+
+  ``y[n, i, j, o] = sum_{a, b, c} xpad[n, sh*i + a, sw*j + b, c] * w[a, b, c, o]``
   with ``xpad`` the zero-padded input. Same values as
-  ``lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=
+  ``lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=
   ('NHWC', 'HWIO', 'NHWC'))``; faster gradients of any order on CPU (see the
   module docstring). Reverse-mode autodiff only.
 
@@ -234,13 +366,20 @@ def conv2d(x: jax.Array, w: jax.Array, padding="SAME") -> jax.Array:
     x: ``(N, H, W, Cin)`` inputs.
     w: ``(kh, kw, Cin, Cout)`` kernel.
     padding: ``'SAME'``, ``'VALID'`` or ``((top, bottom), (left, right))``
-      with non-negative entries.
+      with non-negative entries. ``'SAME'`` gives ``ceil(H / sh)`` rows (the
+      odd padding row, if any, at the bottom), as lax.
+    strides: ``s`` or ``(sh, sw)``, positive.
+    impl: ``'custom'`` (the rules of this module), ``'lax'``
+      (``lax.conv_general_dilated`` with XLA's own gradients, for reference)
+      or ``None`` (module-level :data:`IMPL`, ``'custom'`` unless changed).
 
   Returns:
-    ``(N, H', W', Cout)`` with ``H' = H + top + bottom - kh + 1`` (likewise W').
+    ``(N, H', W', Cout)`` with ``H' = (H + top + bottom - kh) // sh + 1``
+    (likewise W').
 
   Raises:
-    ValueError: on ranks, channel counts or padding that do not fit.
+    ValueError: on ranks, channel counts, padding, strides or ``impl`` that do
+      not fit.
   """
   if jnp.ndim(x) != 4 or jnp.ndim(w) != 4:
     raise ValueError(
@@ -250,15 +389,28 @@ def conv2d(x: jax.Array, w: jax.Array, padding="SAME") -> jax.Array:
     raise ValueError(
         f"conv2d: x has {x.shape[-1]} channels but the kernel expects "
         f"{w.shape[2]} (x {x.shape}, w {w.shape})")
-  pads = _pads(padding, w.shape[:2])
+  impl = IMPL if impl is None else impl
+  if impl not in IMPLS:
+    raise ValueError(f"conv2d: unknown impl {impl!r}; choose one of {IMPLS}")
+  st = _strides(strides)
+  pads = _pads(padding, w.shape[:2], st, x.shape[1:3])
   (pt, pb), (pl, pr) = pads
-  ho = x.shape[1] + pt + pb - w.shape[0] + 1
-  wo = x.shape[2] + pl + pr - w.shape[1] + 1
-  if ho < 1 or wo < 1:
+  kh, kw = w.shape[:2]
+  if x.shape[1] + pt + pb < kh or x.shape[2] + pl + pr < kw:
     raise ValueError(
         f"conv2d: kernel {w.shape[:2]} does not fit the padded input "
         f"{x.shape[1:3]} with padding {pads}")
-  return _conv(x, w, pads)
+  if impl == "lax":
+    return lax.conv_general_dilated(x, w, st, pads, dimension_numbers=_DN)
+  # Rows and columns past the last strided window never reach the output:
+  # take them off the bottom padding, then off x, so that the three maps see
+  # exact geometry (their transposes then have x's shape).
+  cut_h = (x.shape[1] + pt + pb - kh) % st[0]
+  cut_w = (x.shape[2] + pl + pr - kw) % st[1]
+  if cut_h or cut_w:
+    pads = ((pt, pb - min(cut_h, pb)), (pl, pr - min(cut_w, pr)))
+    x = x[:, :x.shape[1] - max(cut_h - pb, 0), :x.shape[2] - max(cut_w - pr, 0)]
+  return _conv(x, w, pads, st)
 
 
 # ---------------------------------------------------------------------------

@@ -12,9 +12,11 @@ schedules (MAML++) follow ``state.step``, which the checkpoint restores, so a
 resumed run continues them exactly.
 
 A sampler that cannot be traced (host-side data pipelines, or task shapes
-that change from step to step, as the GP tasks' random context sizes) runs
-with ``sampler_on_device=False``: one host call per step, each new task shape
-compiled once.
+that change from step to step) runs with ``sampler_on_device=False``: one
+host call per step, each new task shape compiled once. (Variable sizes are
+better padded to a fixed shape, as the GP sampler does, so the run compiles
+once.) Repeated calls with the same learner, optimiser, sampler and seed
+(training in rounds, as early stopping does) reuse the compiled step.
 
 ``steps_per_call`` meta-steps run inside one ``lax.scan`` per host call (few
 dispatches for tiny models such as the sinusoid MLP); after each call the
@@ -26,6 +28,7 @@ per-step metrics to ``on_metrics``, updates the progress bar and, every
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -55,6 +58,42 @@ def _check_positive(**values):
   for name, v in values.items():
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _compiled(learner, optimizer, sample_tasks, seed, task_map, chunk_size):
+  """``(device_chunk, host_step)``: the jitted chunk of meta-steps (tasks
+  sampled inside) and the jitted single step, cached per (hashable)
+  arguments so that repeated :func:`fit` calls on one run (training in
+  rounds, as early stopping does) compile once."""
+  try:
+    return _compiled_cached(learner, optimizer, sample_tasks, seed, task_map,
+                            chunk_size)
+  except TypeError:  # unhashable arguments: build afresh
+    return _compiled_cached.__wrapped__(learner, optimizer, sample_tasks,
+                                        seed, task_map, chunk_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_cached(learner, optimizer, sample_tasks, seed, task_map,
+                     chunk_size):
+  data_key = jax.random.split(jax.random.PRNGKey(seed))[1]
+  step = make_meta_step(learner, optimizer, task_map=task_map,
+                        chunk_size=chunk_size, check=False).jitted
+
+  def checked_step(state, tasks):
+    state, metrics = step(state, tasks)
+    metrics = dict(metrics)
+    metrics["_state_finite"] = _all_finite(
+        (state.params, state.opt_state, state.model_state))
+    return state, metrics
+
+  def device_chunk(state, n):
+    def body(state, _):
+      return checked_step(
+          state, sample_tasks(jax.random.fold_in(data_key, state.step)))
+    return jax.lax.scan(body, state, None, length=n)
+
+  return jax.jit(device_chunk, static_argnums=1), jax.jit(checked_step)
 
 
 def fit(learner: Learner,
@@ -129,26 +168,11 @@ def fit(learner: Learner,
       history = {k: [v] for k, v in hist.items()}
       done = int(state.step)
 
-  step = make_meta_step(learner, optimizer, task_map=task_map,
-                        chunk_size=chunk_size, check=False).jitted
-
-  def checked_step(state, tasks):
-    state, metrics = step(state, tasks)
-    metrics = dict(metrics)
-    metrics["_state_finite"] = _all_finite((state.params, state.opt_state))
-    return state, metrics
-
+  device_chunk, host_step = _compiled(learner, optimizer, sample_tasks,
+                                      seed, task_map, chunk_size)
   if sampler_on_device:
-    def device_chunk(state, n):
-      def body(state, _):
-        return checked_step(
-            state, sample_tasks(jax.random.fold_in(data_key, state.step)))
-      return jax.lax.scan(body, state, None, length=n)
-
-    run_chunk = jax.jit(device_chunk, static_argnums=1)
+    run_chunk = device_chunk
   else:
-    host_step = jax.jit(checked_step)
-
     def run_chunk(state, n):
       rows = []
       for i in range(n):

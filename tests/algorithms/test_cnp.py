@@ -1,5 +1,5 @@
 """Conditional Neural Process: likelihood vs scipy, architecture vs numpy,
-training.
+padded tasks vs unpadded ones, one compilation per run, training.
 
 Its figure (:func:`metajax.evaluation.plots.plot_predictions`) is tested in
 ``tests/evaluation/test_plots.py``.
@@ -103,6 +103,103 @@ def test_meta_training_loss_falls_on_gp_tasks():
     state, _ = step(state, batches[i % len(batches)])
   after = float(evaluate(state.params))
   assert after < before - 0.2, (before, after)
+
+
+def _f64(tree):
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+@pytest.mark.parametrize("testing", [False, True])
+def test_padded_task_gives_the_unpadded_numbers(testing):
+  """Loss, metrics, predictions and gradients of a padded task (the fixed-
+  shape batches of metajax.data.gp) equal those of the same task without its
+  padding, in float64."""
+  learner = CNP(encoder_sizes=(16, 16), decoder_sizes=(16,))
+  with jax.enable_x64(True):
+    # Training batches share their counts: join two batches of two.
+    tasks = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *(
+        gp.sample_tasks(jax.random.PRNGKey(s), 2, testing=testing,
+                        num_grid=40, dtype=jnp.float64) for s in (0, 2)))
+    params = _f64(jax.jit(learner.init)(jax.random.PRNGKey(0), one(tasks)))
+
+    def numbers(p, t):
+      (loss, m), g = learner.task_grad(p, t)
+      pred = learner.predict(p, learner.adapt(p, t.support_x, t.support_y),
+                             t.query_x)
+      return loss, m, g, pred, learner.evaluate(p, t)
+
+    run = jax.jit(numbers)
+    padded = jax.vmap(run, (None, 0))(params, tasks)
+    seen, losses = set(), []
+    for i in range(4):
+      t = jax.tree_util.tree_map(lambda a: a[i], tasks)
+      u = gp.unpad(t)
+      nc, nt = len(u.support_x), len(u.query_x)
+      seen.add((nc, nt))
+      ref = run(params, u)
+      losses.append(ref[0])
+      got = jax.tree_util.tree_map(lambda a: a[i], padded)
+      for k in (0, 1, 2, 4):  # loss, metrics, gradients, evaluate
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12,
+                                                    atol=1e-12),
+            got[k], ref[k])
+      assert got[2]["model"]["encoder_0"]["kernel"].dtype == jnp.float64
+      # Predictions at the real targets; NaN at padding inputs.
+      for a, b in zip(got[3], ref[3]):
+        np.testing.assert_allclose(a[:nt], b, rtol=1e-12, atol=1e-12)
+        assert np.all(np.isnan(np.asarray(a[nt:])))
+      assert np.isfinite(float(got[0]))
+    assert len(seen) > 1  # the tasks' sizes differ
+    # The batch loss (mean over tasks) is the mean of the unpadded losses.
+    (loss, _), grads = jax.jit(learner.meta_grad)(params, tasks)
+    np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-12)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_padding_is_ignored_whatever_its_position():
+  learner = CNP(encoder_sizes=(8,), decoder_sizes=(8,))
+  t = one(gp.sample_tasks(jax.random.PRNGKey(0), 1, num_context=5,
+                          num_extra=3))
+  params = learner.init(jax.random.PRNGKey(1), t)
+  nan = jnp.full((2, 1), jnp.nan)
+  holes = mj.Task(jnp.concatenate([t.support_x[:2], nan, t.support_x[2:]]),
+                  jnp.concatenate([t.support_y[:2], nan, t.support_y[2:]]),
+                  jnp.concatenate([nan, t.query_x]),
+                  jnp.concatenate([nan, t.query_y]))
+  np.testing.assert_allclose(learner.task_loss(params, holes)[0],
+                             learner.task_loss(params, t)[0], rtol=1e-6)
+  # A NaN target at a real input is bad data, not padding: the loss says so.
+  bad = t._replace(query_y=t.query_y.at[0, 0].set(jnp.nan))
+  assert np.isnan(float(learner.task_loss(params, bad)[0]))
+
+
+class CountingCNP(CNP):
+  """A CNP that counts how often its loss is traced (a Python side effect:
+  it runs once per trace, never in a compiled call)."""
+  traces = []
+
+  def task_loss(self, params, task, *, iteration=0):
+    CountingCNP.traces.append(task.support_x.shape)
+    return super().task_loss(params, task, iteration=iteration)
+
+
+def test_fit_traces_its_step_once_over_varying_context_sizes():
+  learner = CountingCNP(encoder_sizes=(8,), decoder_sizes=(8,))
+  CountingCNP.traces.clear()
+  sample = lambda rng: gp.sample_tasks(rng, 4)
+  _, hist = mj.fit(learner, optax.adam(1e-3), sample, num_steps=12, seed=5,
+                   steps_per_call=4, progress=False, sampler_on_device=True)
+  assert hist["loss"].shape == (12,) and np.all(np.isfinite(hist["loss"]))
+  assert CountingCNP.traces == [(9, 1)]  # one trace for three chunks
+  # ... whose batches had different numbers of context and target points.
+  data_key = jax.random.split(jax.random.PRNGKey(5))[1]
+  sizes = set()
+  for i in range(12):
+    t = sample(jax.random.fold_in(data_key, i))
+    sizes.add((int(gp.point_mask(t.support_x[0]).sum()),
+               int(gp.point_mask(t.query_x[0]).sum())))
+  assert len(sizes) > 4, sizes
 
 
 def test_bad_input_raises():

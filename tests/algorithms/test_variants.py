@@ -157,7 +157,7 @@ def test_registry():
                                    "mamlpp", "reptile", "imaml"}
   conv = models.Conv4(filters=4)
   assert learners.make("maml", conv,
-                       setting="omniglot_5way_1shot").inner_lr == 0.4
+                       setting="omniglot_5way_1shot").inner_lr == 2.0
   assert learners.make("fomaml", conv).first_order
   assert learners.make("metasgd", conv).learn_inner_lr == "per_param"
   assert learners.make("anil", conv).adapt_mask("head/kernel")

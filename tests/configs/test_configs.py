@@ -85,18 +85,19 @@ def test_get_returns_a_copy():
   configs.get("maml", "omniglot_5way_1shot").learner["inner_lr"] = 99.0
   configs.get("metaoptnet", "miniimagenet_5way_1shot").outer[
       "lr_factors"][20] = 99.0
-  assert configs.get("maml", "omniglot_5way_1shot").learner["inner_lr"] == 0.4
+  assert configs.get("maml", "omniglot_5way_1shot").learner["inner_lr"] == 2.0
   assert configs.get("metaoptnet", "miniimagenet_5way_1shot").outer[
       "lr_factors"][20] == 0.06
 
 
 def test_spot_values_against_the_papers():
   get = configs.get
-  # MAML (cbfinn/maml README): 5-way one step of 0.4, 20-way 5 of 0.1.
+  # MAML (cbfinn/maml README): 5-way one step of 0.4, 20-way 5 of 0.1 on
+  # the code's loss, N x the mean cross-entropy: 2.0 on ours for both.
   five, twenty = (get("maml", k).learner for k in ("omniglot_5way_1shot",
                                                     "omniglot_20way_5shot"))
-  assert (five["inner_steps"], five["inner_lr"]) == (1, 0.4)
-  assert (twenty["inner_steps"], twenty["inner_lr"]) == (5, 0.1)
+  assert (five["inner_steps"], five["inner_lr"]) == (1, 0.4 * 5)
+  assert (twenty["inner_steps"], twenty["inner_lr"]) == (5, 0.1 * 20)
   assert get("maml", "omniglot_5way_1shot").outer["meta_batch"] == 32
   assert get("maml", "omniglot_20way_1shot").outer["meta_batch"] == 16
   # Variants: the same values with their switch.
@@ -166,3 +167,33 @@ def test_table_has_a_row_per_setting():
   assert any(r.startswith("| reptile | omniglot_5way_1shot | ") and
              "train_shots=10" in r for r in rows)
   assert all(r.count(" | ") == 4 for r in rows[2:])
+
+
+def test_code_loss_scale_matches_the_mean_loss_step():
+  """cbfinn/maml's xent is per example / K, summed by tf.gradients: N x the
+  mean cross-entropy, so its step 0.4 (5-way) is 2.0 on a mean loss."""
+  import jax
+  import jax.numpy as jnp
+  from metajax.core import losses
+  ways, shots = 5, 3
+  logits = jax.random.normal(jax.random.PRNGKey(0), (ways * shots, ways))
+  labels = jnp.repeat(jnp.arange(ways), shots)
+  per_example = -jax.nn.log_softmax(logits)[jnp.arange(ways * shots), labels]
+  code_loss = lambda z: jnp.sum(
+      -jax.nn.log_softmax(z)[jnp.arange(ways * shots), labels] / shots)
+  g_code = jax.grad(code_loss)(logits)
+  g_mean = jax.grad(lambda z: losses.cross_entropy(z, labels))(logits)
+  assert jnp.allclose(0.4 * g_code, 2.0 * g_mean, atol=1e-6)
+  assert jnp.allclose(code_loss(logits), ways * per_example.mean(), rtol=1e-6)
+
+
+def test_published_numbers_name_their_table_and_policy():
+  for method in configs.methods():
+    for key in configs.settings(method):
+      for p in configs.get(method, key).published:
+        assert p.where and p.batch_norm
+        assert 0 < p.value <= 100
+  assert configs.get("protonet", "omniglot_5way_1shot").published[0].value == 98.8
+  assert configs.get("fomaml", "omniglot_20way_1shot").published[0].value == 89.4
+  assert configs.get("maml", "omniglot_20way_1shot").published[0].value == 95.8
+  assert not configs.get("anil", "omniglot_5way_1shot").published

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import common
-from experiments.gp_cnp import main
+from experiments.gp_cnp import configs, main, train
 from metajax.experiment import metrics_log
 
 TINY = ["--config", "tiny", "--no-progress"]
@@ -17,10 +18,34 @@ class Crash(Exception):
   """Stands in for a run killed mid-training."""
 
 
+SAMPLER_CALLS = []
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("gp_cnp")
-  return out, main.main([*TINY, "--workdir", str(out)])
+  original = train.sample
+
+  def spy(cfg, rng, num_tasks, *, testing=False):
+    SAMPLER_CALLS.append((testing, isinstance(rng, jax.core.Tracer)))
+    return original(cfg, rng, num_tasks, testing=testing)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(train, "sample", spy)
+    return out, main.main([*TINY, "--workdir", str(out)])
+
+
+def test_training_samples_on_device_and_compiles_once(tiny_run):
+  # fit draws one example batch on the host, then the sampler is traced into
+  # the compiled chunk once: two chunks of 3 steps, one trace, no host call
+  # per step.
+  assert [c for c in SAMPLER_CALLS if not c[0]] == [(False, False),
+                                                     (False, True)]
+  cfg = configs.tiny()
+  shapes = {jax.tree_util.tree_map(np.shape, train.sample(
+      cfg, jax.random.PRNGKey(s), cfg.meta_batch)) for s in range(8)}
+  assert len(shapes) == 1
+  assert configs.paper().iterations == 200_000
 
 
 def test_tiny_run(tiny_run):

@@ -49,7 +49,8 @@ def test_tiny_run_writes_results(method, tmp_path, shared_data_dir,
       out, split=f"{method}/train")] == [0, 1, 2, 3]
   expected = ({"name": "reptile_sgd", "meta_step": 1.0,
                "meta_step_final": 0.0, "meta_iters": 4}
-              if method == "reptile" else {"name": "adam", "meta_lr": 1e-3})
+              if method == "reptile" else
+              {"name": "adam", "meta_lr": 1e-3, "eps": 1e-8})
   assert saved["outer_optimizer"] == expected
   capsys.readouterr()
   with pytest.raises(SystemExit) as e:

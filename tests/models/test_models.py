@@ -46,7 +46,7 @@ def test_conv4_bad_input_and_options():
   with pytest.raises(ValueError, match="unknown downsample"):
     Conv4(downsample="avg").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
   with pytest.raises(ValueError, match="unknown norm policy"):
-    Conv4(norm="running").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+    Conv4(norm="layer").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
   with pytest.raises(ValueError, match="too small for 4 downsampling blocks"):
     Conv4().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   p = Conv4(3, filters=2, norm="none", blocks=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
