@@ -40,7 +40,7 @@ import functools
 
 from experiments import common
 from metajax import configs as paper_configs
-from metajax.algorithms import registry
+from metajax.algorithms import model_learner, registry
 from metajax.core import task_map as task_map_lib
 from metajax.data import omniglot, sampler, splits
 from metajax.core import masks
@@ -59,6 +59,8 @@ METHODS = HEAD_METHODS + FEATURE_METHODS
 LEARNER_OVERRIDES = ("inner_lr", "inner_steps", "eval_inner_steps")
 #: head methods whose learner takes an adapt mask (``adapt_norm=False``).
 MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
+#: head methods whose evaluation can score each query with the support set.
+CONTEXT_METHODS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml")
 #: which classes meta-train: the split's training classes, or training and
 #: validation classes together (ProtoNets' final retraining).
 TRAIN_CLASSES = ("train", "trainval")
@@ -92,6 +94,10 @@ class Config:
       cbfinn/maml).
     adapt_norm: whether batch norm's parameters adapt in the inner loop
       (``False``: cbfinn/maml's fast weights, which leave them out).
+    eval_query_context: ``'batch'`` (all queries in one call) or
+      ``'support'`` (each query with the support set, Reptile's
+      non-transductive evaluation); see
+      :class:`~metajax.algorithms.model_learner.ModelLearner`.
     inner_lr, inner_steps, eval_inner_steps: the learner's inner loop;
       ``None``: the paper's values.
     iterations: meta-training steps.
@@ -142,6 +148,7 @@ class Config:
   features: str = "flatten"
   head_init: str = "lecun_normal"
   adapt_norm: bool = True
+  eval_query_context: str = "batch"
   inner_lr: float | None = None
   inner_steps: int | None = None
   eval_inner_steps: int | None = None
@@ -167,6 +174,15 @@ class Config:
   checkpoint_every: int = 250
   task_map: str = "map"
   chunk_size: int | None = None
+
+  @property
+  def batch_norm_policy(self) -> str:
+    """The batch-norm policy label of this run's test numbers: ``norm``,
+    or ``'non_transductive'`` when each query is scored with the support
+    set (Reptile's code)."""
+    if self.eval_query_context == "support":
+      return "non_transductive"
+    return self.norm
 
   @property
   def setting(self) -> str:
@@ -226,6 +242,13 @@ class Config:
     common.check_choice("head_init", self.head_init,
                         tuple(conv4_lib.HEAD_INITS))
     common.check_choice("adapt_norm", self.adapt_norm, (True, False))
+    common.check_choice("eval_query_context", self.eval_query_context,
+                        model_learner.EVAL_QUERY_CONTEXTS)
+    if (self.eval_query_context != "batch"
+        and self.method not in CONTEXT_METHODS):
+      raise ValueError(
+          f"eval_query_context={self.eval_query_context!r} applies to "
+          f"{', '.join(CONTEXT_METHODS)}, not {self.method}")
     if not self.adapt_norm and self.method not in MASKED_METHODS:
       raise ValueError(
           f"adapt_norm=False applies to {', '.join(MASKED_METHODS)} (their "
@@ -324,6 +347,8 @@ def build_learner(cfg: Config, *, overrides: bool = True):
                    if getattr(cfg, name) is not None})
   if not cfg.adapt_norm:
     kwargs["adapt_mask"] = masks.exclude_norm
+  if cfg.eval_query_context != "batch":
+    kwargs["eval_query_context"] = cfg.eval_query_context
   return registry.make(cfg.method, backbone(cfg), setting=cfg.setting,
                        **kwargs)
 
@@ -349,15 +374,16 @@ PAPER_CELLS["anil"] = ((20, 1), (20, 5))
 
 
 def paper_config(method: str, ways: int, shots: int, *,
-                 norm: str | None = None) -> Config:
+                 norm: str | None = None,
+                 eval_query_context: str | None = None) -> Config:
   """The official code's protocol for one Omniglot cell, at full budget.
 
   Network, batch norm, data, episodes, optimiser and budget come from
   ``metajax.configs.get(method, 'omniglot_<N>way_<K>shot')``: its
   ``protocol`` (in this config's field names), and its ``outer`` (meta-batch,
   meta-learning rate, iterations, training and test episodes, ``filters``,
-  ``max_pool``). ``norm`` replaces the cell's batch-norm policy (e.g.
-  Reptile's non-transductive numbers with ``'running'``). Override the
+  ``max_pool``). ``norm`` and ``eval_query_context`` replace the cell's
+  (Reptile's non-transductive numbers: ``eval_query_context='support'``). Override the
   budget with ``--set iterations=...``: the results file then says
   "shortened".
   """
@@ -390,6 +416,8 @@ def paper_config(method: str, ways: int, shots: int, *,
       kw["iterations"] = iterations
   if norm is not None:
     kw["norm"] = norm
+  if eval_query_context is not None:
+    kw["eval_query_context"] = eval_query_context
   if method not in MASKED_METHODS:
     kw.pop("adapt_norm", None)  # ANIL adapts the head alone anyway
   cfg = Config(method=method, ways=ways, shots=shots, eval_batch=20,
@@ -405,7 +433,7 @@ def _paper_variants() -> dict:
       out[name] = functools.partial(paper_config, method, ways, shots)
       if method == "reptile":
         out[name + "_nontransductive"] = functools.partial(
-            paper_config, method, ways, shots, norm="running")
+            paper_config, method, ways, shots, eval_query_context="support")
   return out
 
 

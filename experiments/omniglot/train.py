@@ -196,10 +196,12 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
                        "features": cfg.features,
                        "head": cfg.method in configs.HEAD_METHODS},
           "batch_norm": cfg.norm,
+          "batch_norm_policy": cfg.batch_norm_policy,
+          "eval_query_context": cfg.eval_query_context,
       },
       "train": train,
       "validation": validation,
-      "published": published_for(paper, cfg.norm),
+      "published": published_for(paper, cfg.batch_norm_policy),
       "test": result.to_dict(),
       "eval_seconds": round(eval_s, 1),
       "run": record.run_info(seed=cfg.seed, started=started,
@@ -215,10 +217,10 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   return results
 
 
-def published_for(paper, norm: str) -> dict | None:
+def published_for(paper, policy: str) -> dict | None:
   """The paper's published number for this batch-norm policy, if any."""
   for p in getattr(paper, "published", ()) or ():
-    if p.matches(norm):
+    if p.matches(policy):
       return p.to_dict()
   return None
 
@@ -350,7 +352,7 @@ def _row(r: dict) -> str:
   protocol = r.get("protocol", {})
   return (f"| {r.get('method', cfg.get('method', '?'))} | {cell} | "
           f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f} | {paper} | "
-          f"{protocol.get('batch_norm', cfg.get('norm', '-'))} | "
+          f"{protocol.get('batch_norm_policy', protocol.get('batch_norm', cfg.get('norm', '-')))} | "
           f"{t['steps'] if t.get('steps') is not None else '-'} | "
           f"{train.get('iterations', cfg.get('iterations', '-'))} | "
           f"{cfg.get('meta_batch', '-')} | {t['num_tasks']} | "

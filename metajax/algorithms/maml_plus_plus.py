@@ -146,6 +146,9 @@ class MAMLPlusPlus(MAML):
     if self.iters_per_epoch < 1:
       raise ValueError(
           f"iters_per_epoch must be >= 1, got {self.iters_per_epoch}")
+    if self.eval_query_context != "batch":
+      raise ValueError("MAML++ scores queries with its per-step batch norm; "
+                       "eval_query_context must be 'batch'")
     if getattr(self.model, "norm", None) == "running":
       raise ValueError(
           "MAML++ normalises with per-step batch statistics of each batch; "

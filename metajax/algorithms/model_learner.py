@@ -24,6 +24,8 @@ from metajax.models import MLP, Conv4
 from metajax.models import layers
 
 PRE_METRICS_ON = ("support", "query")
+#: how evaluation feeds the query set to the model (see ``ModelLearner``).
+EVAL_QUERY_CONTEXTS = ("batch", "support")
 
 
 def model_example_ndim(model: nn.Module) -> int | None:
@@ -90,6 +92,12 @@ class ModelLearner(Learner):
       outputs and the labels.
     running_stats: batch-norm running statistics to normalise with (set by
       :meth:`with_model_state` for evaluation; ``None``: batch statistics).
+    eval_query_context: how :meth:`evaluate` scores queries. ``'batch'``:
+      all queries in one call (with batch statistics, transductive).
+      ``'support'``: each query in a call of its own together with the
+      support set, whose output for it is kept (openai/supervised-reptile's
+      non-transductive evaluation, ``_test_predictions``: batch norm sees
+      the support set and that one query).
   """
   model: nn.Module
   loss: str | Callable = "mse"
@@ -97,8 +105,13 @@ class ModelLearner(Learner):
   ways: int | None = dataclasses.field(default=None, kw_only=True)
   running_stats: Any = dataclasses.field(default=None, kw_only=True,
                                          repr=False)
+  eval_query_context: str = dataclasses.field(default="batch", kw_only=True)
 
   def __post_init__(self):
+    if self.eval_query_context not in EVAL_QUERY_CONTEXTS:
+      raise ValueError(
+          f"eval_query_context must be one of {EVAL_QUERY_CONTEXTS}, got "
+          f"{self.eval_query_context!r}")
     if self.pre_metrics_on not in PRE_METRICS_ON:
       raise ValueError(
           f"pre_metrics_on must be one of {PRE_METRICS_ON}, got "
@@ -194,16 +207,27 @@ class ModelLearner(Learner):
     return jax.lax.stop_gradient(self.metrics(
         self.apply(jax.lax.stop_gradient(model_params), x), y, prefix="pre_"))
 
+  def eval_outputs(self, model_params, task: Task):
+    """Query outputs for evaluation under :attr:`eval_query_context`."""
+    if self.eval_query_context == "batch":
+      return self.apply(model_params, task.query_x)
+
+    def one(q):
+      x = jnp.concatenate([task.support_x, q[None]], 0)
+      return self.apply(model_params, x)[-1]
+
+    return jax.vmap(one)(task.query_x)
+
   def query_metrics_after(self, params, trajectory, task: Task) -> dict:
     """Query metrics of each point of ``trajectory`` (a leading step axis);
     subclasses with per-step model parameters override this."""
     del params
     return jax.lax.map(
-        lambda p: self.metrics(self.apply(p, task.query_x), task.query_y),
+        lambda p: self.metrics(self.eval_outputs(p, task), task.query_y),
         trajectory)
 
   def initial_query_metrics(self, params, task: Task) -> dict:
-    return self.metrics(self.apply(params["model"], task.query_x),
+    return self.metrics(self.eval_outputs(params["model"], task),
                         task.query_y)
 
   def evaluate(self, params, task: Task, *, steps=None):

@@ -65,8 +65,9 @@ class Published:
     ci95: its published 95% interval half-width (``None`` if not given).
     where: the table (and paper) it is printed in.
     batch_norm: the batch-norm policies that correspond to how it was made
-      (:data:`metajax.models.layers.NORMS`); a run is compared with the
-      number of its own policy.
+      (:data:`metajax.models.layers.NORMS`, or ``'non_transductive'``:
+      each query scored together with the support set); a run is compared
+      with the number of its own policy.
     note: how it was made, where that matters (ensembles, seeds, filters).
   """
   value: float

@@ -26,9 +26,10 @@ once); the non-transductive commands are otherwise identical.
 
 Non-transductive evaluation in the code predicts each query from a batch of
 the support set plus that one query (``_test_predictions``), so batch norm
-still sees the support set. metajax's nearest policy is running statistics
-(``norm='running'``), under which each query is normalised with averages
-over training; the non-transductive cells use it and say so.
+sees the support set and one query; metajax's
+``eval_query_context='support'`` does the same (the experiment's
+``paper_reptile_<N>w<K>s_nontransductive`` configs, policy label
+``'non_transductive'``).
 
 Protocol (``protocol``): ``models.py`` ``OmniglotModel`` (64 filters, stride
 2, batch norm with a scale, 256 flattened features); ``omniglot.py``
@@ -83,9 +84,9 @@ def _omniglot(ways: int, shots: int) -> PaperSetting:
                     ("transductive",)),
           Published(*_PUBLISHED[(ways, shots)][1],
                     "Nichol et al. 2018 Table 1 (not transductive)",
-                    ("running",),
-                    note="the code normalises each query with the support "
-                         "set; metajax's 'running' uses running averages")))
+                    ("non_transductive",),
+                    note="each query scored in a batch with the support "
+                         "set")))
 
 
 def _miniimagenet(shots: int) -> PaperSetting:

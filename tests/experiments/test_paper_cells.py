@@ -54,8 +54,10 @@ def test_protonet_and_reptile_cells():
   assert (r.train_shots, r.shots, r.queries, r.meta_batch,
           r.anneal_iterations, r.norm, r.eval_rotation) == (
               10, 1, 1, 5, 100_000, "transductive", "none")
-  assert configs.VARIANTS["paper_reptile_5w1s_nontransductive"]().norm == (
-      "running")
+  nt = configs.VARIANTS["paper_reptile_5w1s_nontransductive"]()
+  assert (nt.norm, nt.eval_query_context, nt.batch_norm_policy) == (
+      "transductive", "support", "non_transductive")
+  assert configs.build_learner(nt).eval_query_context == "support"
 
 
 #: one run per distinct structure (network, batch norm, learner, protocol);
@@ -82,7 +84,7 @@ def test_named_cell_runs_a_two_step_budget(name, tmp_path, shared_data_dir,
   cfg = configs.VARIANTS[name]()
   assert r["protocol"]["batch_norm"] == cfg.norm
   assert r["published"]["value"] > 0
-  assert cfg.norm in r["published"]["batch_norm"]
+  assert cfg.batch_norm_policy in r["published"]["batch_norm"]
   assert 0 <= r["test"]["mean"] <= 1
   row = train.table(tmp_path).splitlines()[-1]
   assert f"{r['published']['value']:.2f}" in row and "shortened" in row

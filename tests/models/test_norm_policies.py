@@ -201,3 +201,34 @@ def test_checkpoint_keeps_running_statistics(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.model_state,
                          state.model_state)
   assert not np.allclose(state.model_state["norm0"]["var"], 1)
+
+
+def test_support_context_scores_each_query_with_the_support_set():
+  """Reptile's non-transductive evaluation: every query in its own batch
+  with the support set, whose batch-norm statistics it shares."""
+  tasks = image_tasks(jax.random.PRNGKey(0), num_tasks=1, size=8,
+                      dtype=jnp.float32)
+  t = first(tasks)
+  model = Conv4(3, filters=4, blocks=2)
+  base = mj.Reptile(model, loss="cross_entropy", inner_steps=1,
+                    inner_batch_size=None)
+  learner = mj.Reptile(model, loss="cross_entropy", inner_steps=1,
+                       inner_batch_size=None, eval_query_context="support")
+  params = learner.init(jax.random.PRNGKey(1), t)
+  theta = params["model"]
+  expect = jnp.stack([
+      model.apply({"params": theta},
+                  jnp.concatenate([t.support_x, q[None]], 0))[-1]
+      for q in t.query_x])
+  np.testing.assert_allclose(learner.eval_outputs(theta, t), expect,
+                             rtol=1e-5, atol=1e-5)
+  # Not the transductive outputs, and the query's score does not depend on
+  # the other queries.
+  assert not np.allclose(base.eval_outputs(theta, t), expect, atol=1e-4)
+  t2 = t._replace(query_x=t.query_x.at[1:].add(3.0))
+  np.testing.assert_allclose(learner.eval_outputs(theta, t2)[0], expect[0],
+                             rtol=1e-5, atol=1e-5)
+  curve = learner.evaluate(params, t, steps=2)["accuracy"]
+  assert curve.shape == (3,)
+  with pytest.raises(ValueError, match="eval_query_context"):
+    mj.MAML(model, loss="cross_entropy", eval_query_context="single")
