@@ -5,6 +5,8 @@
     python -m experiments.omniglot --method maml --set ways=20 --set filters=64 --set iterations=40000
     python -m experiments.omniglot --method maml --config tiny --workdir /tmp/o   # seconds, for tests
     python -m experiments.omniglot --table results/omniglot_5w1s         # markdown table of runs
+    python -m experiments.omniglot --curves results/paper_cells          # their learning curves
+    python -m experiments.omniglot --config paper_maml_5w1s              # a paper cell, full budget
 
 Every method sees the same protocol, spelled out in the results file: the
 class split (``split``, Vinyals by default), the rotation policy
@@ -49,6 +51,14 @@ class _TableFlag(argparse.Action):
     parser.exit()
 
 
+class _CurvesFlag(argparse.Action):
+  """``--curves DIR``: draw DIR/curves.png from the runs under DIR, exit."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    print(f"wrote {train.learning_curves(values)}")
+    parser.exit()
+
+
 def extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
       "--method", action=_MethodFlag, dest="set", metavar="NAME",
@@ -58,6 +68,10 @@ def extra_flags(parser: argparse.ArgumentParser) -> None:
       "--table", action=_TableFlag, nargs=None, default=argparse.SUPPRESS,
       metavar="DIR", help="print a markdown table of DIR/*/results.json and "
       "exit")
+  parser.add_argument(
+      "--curves", action=_CurvesFlag, nargs=None, default=argparse.SUPPRESS,
+      metavar="DIR", help="draw the learning curves of DIR/*/metrics.jsonl "
+      "into DIR/curves.png and exit")
   parser.add_argument(
       "--cache-dir", default=None, metavar="DIR",
       help="where decoded images are cached (default: $METAJAX_CACHE_DIR or "

@@ -360,6 +360,57 @@ def _row(r: dict) -> str:
           f"{r.get('budget', '-')} |")
 
 
+def learning_curves(root, path=None, *, window: int = 50):
+  """Draws every run under ``root`` (``*/metrics.jsonl``) into one figure.
+
+  Left: training query accuracy (moving mean over ``window`` steps) against
+  meta-steps; right: validation accuracy where a run validated. Each line
+  is labelled with the run's folder name. Writes ``path`` (default
+  ``<root>/curves.png``) and returns it.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  root = pathlib.Path(root)
+  path = pathlib.Path(path) if path is not None else root / "curves.png"
+  fig = Figure(figsize=(11, 4))
+  FigureCanvasAgg(fig)
+  ax_train, ax_val = fig.subplots(1, 2)
+  drawn = 0
+  for run in sorted(p.parent for p in root.glob(f"*/{metrics_log.METRICS_NAME}")):
+    rows = metrics_log.read_metrics(run)
+    by_split: dict[str, list] = {}
+    for r in rows:
+      by_split.setdefault(r.get("split", ""), []).append(r)
+    for split, rs in sorted(by_split.items()):
+      rs = [r for r in rs if "accuracy" in r]
+      if not rs:
+        continue
+      steps = np.array([r["step"] for r in rs])
+      acc = 100 * np.array([r["accuracy"] for r in rs], np.float64)
+      if split.endswith("/val"):
+        ax_val.plot(steps, acc, label=run.name)
+      elif split.endswith("/train"):
+        w = max(1, min(window, len(acc)))
+        smooth = np.convolve(acc, np.ones(w) / w, mode="valid")
+        label = run.name + ("" if split.split("/")[0] == run.name else
+                            f" ({split.split('/')[0]})")
+        ax_train.plot(steps[w - 1:], smooth, label=label)
+        drawn += 1
+  if not drawn:
+    raise ValueError(f"no training metrics under {root}")
+  ax_train.set(xlabel="meta-step", ylabel=f"query accuracy % (mean of {window})",
+               title="training")
+  ax_val.set(xlabel="meta-step", ylabel="accuracy %",
+             title="validation episodes")
+  ax_train.legend(fontsize=7)
+  if ax_val.lines:
+    ax_val.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return path
+
+
 def table(root) -> str:
   """A markdown table of every ``*/results.json`` under ``root``.
 

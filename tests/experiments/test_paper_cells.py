@@ -103,3 +103,5 @@ def test_named_cell_runs_a_two_step_budget(name, tmp_path, shared_data_dir,
     assert v["rounds"][-1]["step"] == 2 and not v["stopped_early"]
     rows = metrics_log.read_metrics(out, split="protonet/val")
     assert rows and all("accuracy" in row for row in rows)
+    png = train.learning_curves(tmp_path)
+    assert png.exists() and png.stat().st_size > 1000
