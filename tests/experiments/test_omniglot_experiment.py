@@ -101,8 +101,16 @@ def test_table_reads_the_committed_results_of_the_earlier_layout():
   text = train.table(ROOT / "results" / "omniglot_5w1s")
   rows = text.splitlines()[2:]
   assert len(rows) == len(configs.METHODS)
-  maml = "| maml | 89.33 ± 0.60 | 10 | 500 | 8 | 1.412 -> 0.399 | 146 | - |"
+  maml = ("| maml | 5w1s | 89.33 ± 0.60 | - | - | 10 | 500 | 8 | 600 | 0 | "
+          "1.412 -> 0.399 | 146 | - |")
   assert maml in rows
+
+
+def test_table_of_the_committed_paper_cells_shows_published_and_policy():
+  rows = train.table(ROOT / "results" / "paper_cells").splitlines()[2:]
+  protonet = [r for r in rows if r.startswith("| protonet | 5w1s |")]
+  assert protonet and "| 98.80 | running |" in protonet[0]
+  assert "| shortened |" in protonet[0]
 
 
 def test_every_method_is_registered_and_has_the_omniglot_settings():
