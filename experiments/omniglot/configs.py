@@ -373,6 +373,21 @@ PAPER_CELLS = {
 PAPER_CELLS["anil"] = ((20, 1), (20, 5))
 
 
+def paper_iterations(paper) -> int | None:
+  """A paper cell's full budget in meta-steps: its protocol's
+  ``iterations``, else what its outer loop states (``meta_iters``, or
+  ``epochs`` of ``episodes_per_epoch``/``batches_per_epoch``)."""
+  if "iterations" in paper.protocol:
+    return int(paper.protocol["iterations"])
+  outer = paper.outer
+  if "meta_iters" in outer:
+    return int(outer["meta_iters"])
+  for per_epoch in ("episodes_per_epoch", "batches_per_epoch"):
+    if "epochs" in outer and per_epoch in outer:
+      return int(outer["epochs"]) * int(outer[per_epoch])
+  return None
+
+
 def paper_config(method: str, ways: int, shots: int, *,
                  norm: str | None = None,
                  eval_query_context: str | None = None) -> Config:
@@ -409,11 +424,9 @@ def paper_config(method: str, ways: int, shots: int, *,
       kw[dst] = o[src]
   if o.get("train_ways", ways) != ways:
     kw["train_ways"] = o["train_ways"]
-  if "iterations" not in kw:
-    from experiments.omniglot import train  # the one rule for the budget
-    iterations = train.paper_iterations(o)
-    if iterations is not None:
-      kw["iterations"] = iterations
+  iterations = paper_iterations(paper)
+  if iterations is not None:
+    kw["iterations"] = iterations
   if norm is not None:
     kw["norm"] = norm
   if eval_query_context is not None:

@@ -68,16 +68,6 @@ def outer_optimizer(cfg: configs.Config, learner, paper
   return optax.adam(lr, eps=cfg.adam_eps), info
 
 
-def paper_iterations(outer) -> int | None:
-  """The paper's meta-training steps, where its outer loop states them."""
-  if "meta_iters" in outer:
-    return int(outer["meta_iters"])
-  for per_epoch in ("episodes_per_epoch", "batches_per_epoch"):
-    if "epochs" in outer and per_epoch in outer:
-      return int(outer["epochs"]) * int(outer[per_epoch])
-  return None
-
-
 def describe(learner) -> dict:
   """The learner's settings as JSON-friendly strings and numbers."""
   out = {"class": type(learner).__name__}
@@ -129,8 +119,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   checkpoints = workdir_lib.checkpoint_dir(workdir) / cfg.method
   t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
-    run = _Training(cfg, learner, optimizer, log)
-    run.progress = progress
+    run = _Training(cfg, learner, optimizer, log, progress=progress)
     if cfg.val_every is None:
       state, hist, metrics = run.fit(
           train_sampler(training_classes(split, cfg.train_classes)),
@@ -172,7 +161,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   for k in ("accuracy", "pre_accuracy"):
     if k in hist:
       train[f"{k}_last"] = float(np.mean(hist[k][-window:]))
-  iterations_paper = paper_iterations(paper.outer)
+  iterations_paper = configs.paper_iterations(paper)
   results = {
       "experiment": "omniglot",
       "method": cfg.method,
@@ -249,14 +238,15 @@ def run_budget(cfg: configs.Config, paper_iterations: int | None,
 class _Training:
   """Meta-training of one config: plain, or with early stopping."""
 
-  def __init__(self, cfg, learner, optimizer, log):
+  def __init__(self, cfg, learner, optimizer, log, *, progress: bool):
     self.cfg, self.learner, self.optimizer, self.log = (cfg, learner,
                                                         optimizer, log)
-    self.metrics = None
+    self.progress = progress
 
   def fit(self, train_sampler, num_steps, checkpoint_dir, name,
-          metrics=None):
-    """``(state, history, metrics callback)`` after ``num_steps``."""
+          metrics=None, state=None):
+    """``(state, history, metrics callback)`` after ``num_steps``
+    (continuing from ``state``, or from the checkpoint, or afresh)."""
     cfg = self.cfg
     metrics = metrics or common.ModelMetrics(self.log, name)
     state, hist = training.fit(
@@ -265,10 +255,8 @@ class _Training:
         task_map=cfg.task_map, chunk_size=cfg.chunk_size,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=cfg.checkpoint_every, progress=self.progress,
-        desc=name, on_metrics=metrics)
+        desc=name, on_metrics=metrics, state=state)
     return state, hist, metrics
-
-  progress = True
 
   def fit_early_stopping(self, train_sampler, val_sampler, checkpoint_dir):
     """Trains in rounds of ``val_every`` steps, validating after each.
@@ -294,8 +282,9 @@ class _Training:
       if done >= cfg.iterations or since_best >= cfg.patience:
         break
       target = min(cfg.iterations, done + cfg.val_every)
+      # The previous round's state: no re-initialisation per round.
       state, hist, metrics = self.fit(train_sampler, target, checkpoint_dir,
-                                      cfg.method, metrics)
+                                      cfg.method, metrics, state)
       val = evaluation.evaluate(
           self.learner, state.params, val_sampler, num_tasks=cfg.val_tasks,
           seed=cfg.val_seed, batch_size=cfg.eval_batch,

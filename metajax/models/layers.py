@@ -99,7 +99,7 @@ def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
   * otherwise (training): the batch's statistics; when ``batch_stats`` is
     mutable the batch's mean and *unbiased* variance are written to it (the
     quantities PyTorch's running averages average), for the caller to fold
-    into its running averages (:func:`update_running_stats`).
+    into its running averages (``Learner.update_model_state``).
   """
   c = y.shape[-1]
   bias = module.param("bias", nn.initializers.zeros, (c,), y.dtype)
@@ -137,7 +137,7 @@ class BatchNorm(nn.Module):
   * ``'running'`` (standard train/eval, as PyTorch's ``train()``/``eval()``
     in the ProtoNets code): batch statistics in training, stored running
     averages (collection :data:`BATCH_STATS`) in evaluation; see
-    :func:`_normalisation` and :func:`update_running_stats`.
+    :func:`_normalisation` and ``metajax.Learner.update_model_state``.
   * ``'maml'`` (cbfinn/maml's ``tf.contrib.layers.batch_norm`` with its
     defaults): batch statistics always, ``epsilon`` 1e-3, an offset
     ``bias`` and no scale. That code keeps these variables out of the fast
@@ -160,17 +160,6 @@ class BatchNorm(nn.Module):
 class TransductiveBatchNorm(BatchNorm):
   """:class:`BatchNorm` with ``norm='transductive'`` (MAML's policy)."""
   norm: str = "transductive"
-
-
-def update_running_stats(running, batch, momentum: float = 0.1):
-  """``(1 - momentum) * running + momentum * batch`` on matching pytrees.
-
-  PyTorch's update (``momentum`` 0.1 by default); ``batch`` holds the batch
-  means and unbiased variances written under ``norm='running'``.
-  """
-  return jax.tree_util.tree_map(
-      lambda r, b: (1.0 - momentum) * r + momentum * b.astype(r.dtype),
-      running, batch)
 
 
 def initial_running_stats(stats):
