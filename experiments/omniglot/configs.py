@@ -61,6 +61,8 @@ LEARNER_OVERRIDES = ("inner_lr", "inner_steps", "eval_inner_steps")
 MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 #: head methods whose evaluation can score each query with the support set.
 CONTEXT_METHODS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml")
+#: methods whose meta-gradient directions can be compared during training.
+GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
 #: which classes meta-train: the split's training classes, or training and
 #: validation classes together (ProtoNets' final retraining).
 TRAIN_CLASSES = ("train", "trainval")
@@ -129,6 +131,12 @@ class Config:
     checkpoint_every: meta-steps between checkpoints.
     task_map, chunk_size: how a meta-batch's tasks are mapped
       (:mod:`metajax.core.task_map`).
+    grad_compare_every: every this many meta-steps (and at the start and
+      end), compare the exact, first-order, implicit and Reptile
+      meta-gradients on a fixed batch of training tasks
+      (:mod:`metajax.evaluation.meta_gradients`), logged under the split
+      ``grad_compare`` and summarised in ``results.json``; MAML-style
+      methods (:data:`GRAD_COMPARE_METHODS`); ``None``: off.
   """
   method: str = "maml"
   ways: int = 5
@@ -173,6 +181,7 @@ class Config:
   steps_per_call: int = 50
   checkpoint_every: int = 250
   task_map: str = "map"
+  grad_compare_every: int | None = None
   chunk_size: int | None = None
 
   @property
@@ -298,6 +307,15 @@ class Config:
             f"eval_steps={self.eval_steps} and eval_inner_steps="
             f"{self.eval_inner_steps} disagree; set one of them")
     common.check_int("eval_batch", self.eval_batch, 1)
+    if self.grad_compare_every is not None:
+      common.check_int("grad_compare_every", self.grad_compare_every, 1)
+      if self.method not in GRAD_COMPARE_METHODS:
+        raise ValueError(
+            f"grad_compare_every applies to {GRAD_COMPARE_METHODS}, not "
+            f"{self.method}")
+      if self.val_every is not None:
+        raise ValueError("grad_compare_every and val_every both train in "
+                         "rounds; set one of them")
     common.check_int("seed", self.seed, 0)
     common.check_int("steps_per_call", self.steps_per_call, 1)
     common.check_int("checkpoint_every", self.checkpoint_every, 1)
@@ -321,6 +339,20 @@ class Config:
             f"{name} does not apply to {self.method} (its learner has no "
             f"such hyperparameter); leave it None")
     build_learner(self)  # the learner's own checks of the overrides
+
+
+def budget_dependent(cfg: Config) -> list[str]:
+  """What in ``cfg``'s run depends on its budget ``iterations`` (empty: a
+  run extended with ``--extend`` continues exactly as if it had been given
+  the larger budget from the start)."""
+  reasons = []
+  if cfg.method == "reptile" and cfg.anneal_iterations is None:
+    reasons.append("Reptile's meta step anneals over the run's iterations "
+                   "(set anneal_iterations)")
+  if cfg.val_every is not None:
+    reasons.append("early stopping decides when training ends and how long "
+                   "the retraining runs")
+  return reasons
 
 
 def backbone(cfg: Config) -> Conv4:

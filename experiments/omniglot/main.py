@@ -7,6 +7,7 @@
     python -m experiments.omniglot --table results/omniglot_5w1s         # markdown table of runs
     python -m experiments.omniglot --curves results/paper_cells          # their learning curves
     python -m experiments.omniglot --config paper_maml_5w1s              # a paper cell, full budget
+    python -m experiments.omniglot --config paper_maml_5w1s --compare-grads   # exact vs first order ...
 
 Every method sees the same protocol, spelled out in the results file: the
 class split (``split``, Vinyals by default), the rotation policy
@@ -72,6 +73,12 @@ def extra_flags(parser: argparse.ArgumentParser) -> None:
       "--curves", action=_CurvesFlag, nargs=None, default=argparse.SUPPRESS,
       metavar="DIR", help="draw the learning curves of DIR/*/metrics.jsonl "
       "into DIR/curves.png and exit")
+  parser.add_argument(
+      "--compare-grads", action="store_true",
+      help="train nothing: compare the exact, first-order, implicit and "
+      "Reptile meta-gradients of the run's latest checkpoint (or its "
+      "initialisation) on one meta-batch of training tasks, print the table "
+      "and write <workdir>/grad_compare.json")
   parser.add_argument(
       "--cache-dir", default=None, metavar="DIR",
       help="where decoded images are cached (default: $METAJAX_CACHE_DIR or "

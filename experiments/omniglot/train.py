@@ -16,6 +16,7 @@ import json
 import pathlib
 import time
 
+import jax
 import numpy as np
 import optax
 
@@ -24,6 +25,7 @@ from experiments.omniglot import configs
 from metajax import configs as paper_configs
 from metajax import evaluation, training
 from metajax.data import datadir, omniglot, sampler, splits
+from metajax.evaluation import meta_gradients
 from metajax.experiment import config as config_lib
 from metajax.experiment import metrics_log, record
 from metajax.experiment import workdir as workdir_lib
@@ -79,8 +81,64 @@ def describe(learner) -> dict:
   return out
 
 
+#: the fixed batch of training tasks the meta-gradient directions are
+#: compared on: the training sampler at ``PRNGKey(PROBE_SEED)``.
+PROBE_SEED = 20_171_003
+COMPARISON_NAME = "grad_compare.json"
+#: the metrics-log split of the comparisons made during training.
+GRAD_COMPARE_SPLIT = "grad_compare"
+
+
+def _state_and_sampler(cfg, learner, optimizer, split, workdir):
+  """The run's latest checkpointed state (or its initialisation, untouched
+  on disk) and its training sampler."""
+  ways, shots, queries = cfg.episodes(train=True)
+  train_sampler = sampler.EpisodeSampler(
+      training_classes(split, cfg.train_classes), ways=ways, shots=shots,
+      queries=queries, num_tasks=cfg.meta_batch, rotation=cfg.rotation)
+  state, _ = training.fit(
+      learner, optimizer, train_sampler, num_steps=0, seed=cfg.seed,
+      checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / cfg.method,
+      progress=False)
+  return state, train_sampler
+
+
+def compare_gradients(config: configs.Config, workdir, *, data_dir=None,
+                      cache_dir=None) -> dict:
+  """Exact, first-order, implicit and Reptile meta-gradient directions of
+  ``config``'s learner (MAML-style methods) at the run's latest checkpoint,
+  or its initialisation, on one meta-batch of training tasks (see
+  :mod:`metajax.evaluation.meta_gradients`); prints the table and writes
+  ``<workdir>/grad_compare.json``. Trains nothing."""
+  started = time.time()
+  cfg = config
+  data_dir = datadir.resolve_data_dir(data_dir, dataset="omniglot")
+  split = load_split(cfg, data_dir, cache_dir)
+  learner = configs.build_learner(cfg)
+  paper = paper_configs.get(cfg.method, cfg.setting)
+  optimizer, _ = outer_optimizer(cfg, learner, paper)
+  state, train_sampler = _state_and_sampler(cfg, learner, optimizer, split,
+                                            workdir)
+  probe = train_sampler(jax.random.PRNGKey(PROBE_SEED))
+  comparison = meta_gradients.compare_meta_gradients(
+      learner, state.params, probe, task_map=cfg.task_map,
+      chunk_size=cfg.chunk_size)
+  out = {"step": int(state.step), "probe_seed": PROBE_SEED,
+         "tasks": cfg.meta_batch, "config": config_lib.to_dict(cfg),
+         "comparison": comparison.to_dict(),
+         "run": record.run_info(seed=cfg.seed, started=started,
+                                finished=time.time())}
+  out = workdir_lib.jsonable(out)
+  workdir_lib.write_json_atomic(pathlib.Path(workdir) / COMPARISON_NAME, out)
+  print(f"{cfg.method} {cfg.ways}-way {cfg.shots}-shot, meta-step "
+        f"{out['step']}, {cfg.meta_batch} training tasks:")
+  print(comparison.table())
+  return out
+
+
 def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
-                       progress: bool = True, cache_dir=None) -> dict:
+                       progress: bool = True, cache_dir=None,
+                       compare_grads: bool = False) -> dict:
   """Meta-trains ``config.method``, tests it and writes ``results.json``.
 
   Args:
@@ -91,10 +149,16 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
     progress: show a progress bar.
     cache_dir: where decoded images are cached (``None``: the default, see
       :mod:`metajax.data.datadir`).
+    compare_grads: instead of training, compare the meta-gradient
+      directions at the run's latest state (:func:`compare_gradients`).
 
   Returns:
-    The dict written to ``results.json``.
+    The dict written to ``results.json`` (with ``compare_grads``, to
+    ``grad_compare.json``).
   """
+  if compare_grads:
+    return compare_gradients(config, workdir, data_dir=data_dir,
+                             cache_dir=cache_dir)
   started = time.time()
   workdir = pathlib.Path(workdir)
   cfg = config
@@ -120,7 +184,13 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
     run = _Training(cfg, learner, optimizer, log, progress=progress)
-    if cfg.val_every is None:
+    comparisons = None
+    if cfg.grad_compare_every is not None:
+      state, hist, metrics, comparisons = run.fit_comparing(
+          train_sampler(training_classes(split, cfg.train_classes)),
+          checkpoints)
+      validation = None
+    elif cfg.val_every is None:
       state, hist, metrics = run.fit(
           train_sampler(training_classes(split, cfg.train_classes)),
           cfg.iterations, checkpoints, cfg.method)
@@ -157,6 +227,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       "metrics_split": metrics.split,
       "loss_first": float(np.mean(hist["loss"][:window])),
       "loss_last": float(np.mean(hist["loss"][-window:])),
+      "extensions": workdir_lib.read_extensions(workdir),
   }
   for k in ("accuracy", "pre_accuracy"):
     if k in hist:
@@ -190,6 +261,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       },
       "train": train,
       "validation": validation,
+      "grad_compare": comparisons,
       "published": published_for(paper, cfg.batch_norm_policy),
       "test": result.to_dict(),
       "eval_seconds": round(eval_s, 1),
@@ -257,6 +329,50 @@ class _Training:
         checkpoint_every=cfg.checkpoint_every, progress=self.progress,
         desc=name, on_metrics=metrics, state=state)
     return state, hist, metrics
+
+  def fit_comparing(self, train_sampler, checkpoint_dir):
+    """Trains in rounds of ``grad_compare_every`` steps, comparing the
+    meta-gradient directions on the fixed probe batch (the training sampler
+    at ``PRNGKey(PROBE_SEED)``) at the start of training, after each round
+    and at the end. Each comparison is a row of split ``grad_compare`` in
+    the metrics log (``<direction>/<quantity>/<tensor>``); a resumed run
+    recomputes the comparison at its checkpoint's step. Returns
+    ``(state, history, metrics callback, summary)``, the summary holding the
+    steps and each direction's overall cosine and relative difference."""
+    cfg = self.cfg
+    probe = train_sampler(jax.random.PRNGKey(PROBE_SEED))
+    metrics = common.ModelMetrics(self.log, cfg.method)
+    summary = {"every": cfg.grad_compare_every, "probe_seed": PROBE_SEED,
+               "tasks": cfg.meta_batch, "steps": [], "cosine": {},
+               "relative_difference": {}, "seconds": {}, "peak_bytes": {},
+               "skipped": {}}
+    state, target, first = None, 0, True
+    while True:
+      state, hist, metrics = self.fit(train_sampler, target, checkpoint_dir,
+                                      cfg.method, metrics, state)
+      step = int(state.step)
+      if first:  # rows a previous process logged from here on are redone
+        self.log.truncate_after(step, split=GRAD_COMPARE_SPLIT)
+        first = False
+      c = meta_gradients.compare_meta_gradients(
+          self.learner, state.params, probe, task_map=cfg.task_map,
+          chunk_size=cfg.chunk_size, repeats=1)
+      self.log.write(step, c.flat(), prefix=GRAD_COMPARE_SPLIT)
+      if step >= cfg.iterations:
+        self.log.flush()
+        rows = metrics_log.read_metrics(self.log.path.parent,
+                                        split=GRAD_COMPARE_SPLIT)
+        summary["steps"] = [r["step"] for r in rows]
+        for d in c.directions:
+          for q in ("cosine", "relative_difference"):
+            summary[q][d] = [r.get(f"{d}/{q}/{meta_gradients.ALL}")
+                             for r in rows]
+          summary["seconds"][d] = c.seconds[d]
+          summary["peak_bytes"][d] = c.peak_bytes[d]
+        summary["skipped"] = c.skipped
+        return state, hist, metrics, summary
+      every = cfg.grad_compare_every
+      target = min(cfg.iterations, (step // every + 1) * every)
 
   def fit_early_stopping(self, train_sampler, val_sampler, checkpoint_dir):
     """Trains in rounds of ``val_every`` steps, validating after each.

@@ -44,8 +44,12 @@ def learners(cfg: configs.Config) -> dict[str, MAML]:
               inner_lr=cfg.inner_lr, first_order=cfg.first_order,
               eval_inner_steps=cfg.eval_steps)
   # Zero inner steps: plain regression on every task's points ("pretrained
-  # on all tasks"); at test time it is fine-tuned with the same inner loop.
-  pretrained = dataclasses.replace(maml, inner_steps=0)
+  # on all tasks"); at test time it is fine-tuned with the same inner loop,
+  # at its own step if one is set.
+  pretrained = dataclasses.replace(
+      maml, inner_steps=0,
+      inner_lr=(cfg.inner_lr if cfg.baseline_inner_lr is None
+                else cfg.baseline_inner_lr))
   return {"maml": maml, "pretrained": pretrained}
 
 
@@ -161,8 +165,9 @@ def train_model(cfg: configs.Config, name: str, learner, train_shots: int,
 
 
 def summary(results: dict) -> str:
-  """One line per method and K: the reported MSEs, the paper's beside K=5."""
-  lines = []
+  """The setting, then one line per method and K: the reported MSEs, the
+  paper's beside K=5."""
+  lines = [f"setting: {results['setting']} ({results['budget']} budget)"]
   for key, entry in results["methods"].items():
     paper = PAPER_K5.get(key.split("_trainK")[0], {})
     for k, ev in entry["eval"].items():
@@ -171,7 +176,10 @@ def summary(results: dict) -> str:
         cell = (f"{s} step{'s' if s != '1' else ''}: "
                 f"{r['mse']:.3f} ± {r['ci95']:.3f}")
         if k == "K=5" and int(s) in paper:
-          cell += f" (paper {paper[int(s)]:.2f})"
+          ref = paper[int(s)]
+          inside = abs(r["mse"] - ref) <= r["ci95"]
+          cell += (f" (paper {ref:.2f}, "
+                   f"{'within' if inside else 'outside'} our 95% interval)")
         cells.append(cell)
       lines.append(f"{key:10s} {k:5s} MSE  {', '.join(cells)}")
   return "\n".join(lines)
@@ -216,6 +224,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       "budget": common.budget(min(cfg.iterations, cfg.baseline_iters),
                               configs.PAPER_ITERATIONS),
       "paper_iterations": configs.PAPER_ITERATIONS,
+      "setting": configs.setting(cfg),
       "config": config_lib.to_dict(cfg),
       "methods": methods,
       "paper_k5": PAPER_K5,

@@ -211,8 +211,9 @@ class EmbeddingLearner(Learner):
       x = jnp.concatenate([task.support_x, task.query_x], 0)
     return init_running_stats(self.model, x)
 
-  def with_model_state(self, model_state):
-    return (self if model_state is None
+  def with_model_state(self, model_state, *, training=False):
+    # Training passes normalise with batch statistics (and report them).
+    return (self if model_state is None or training
             else dataclasses.replace(self, running_stats=model_state))
 
   # -- Learner -------------------------------------------------------------

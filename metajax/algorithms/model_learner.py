@@ -171,8 +171,9 @@ class ModelLearner(Learner):
     del params
     return init_running_stats(self.model, task.support_x)
 
-  def with_model_state(self, model_state):
-    return (self if model_state is None
+  def with_model_state(self, model_state, *, training=False):
+    # Training passes normalise with batch statistics (and report them).
+    return (self if model_state is None or training
             else dataclasses.replace(self, running_stats=model_state))
 
   # -- helpers -------------------------------------------------------------

@@ -32,10 +32,24 @@ Protocol notes (where metajax differs from the TensorFlow reference, and why):
 * The support set plays the role of the reference's "mini dataset": sample
   meta-training tasks with ``train_shots`` support examples per class (the
   query set only feeds the reported metrics), meta-test tasks with ``shots``.
-* Adam's moments start fresh for every task (``optax.adam`` state is local
-  to the inner loop). The reference shares one TF Adam slot set across all
-  tasks and meta-iterations; that state cannot live in a pure per-task
-  function. With ``beta1 = 0`` only the second-moment scale differs.
+* Inner optimiser state. The reference creates one TF Adam slot set and
+  never resets it: the second moments and the step count carry over from
+  task to task, through meta-training and into every test task (evaluation
+  restores the trained state after each task). With ``beta1 = 0`` the step
+  is ``lr * g / sqrt(v)``: under carried moments ``v`` is a long-run
+  average of squared gradients, so each coordinate moves in proportion to
+  its gradient; fresh moments make the first step ``lr * sign(g)`` for
+  every weight, however small its gradient. ``persistent_inner_state=True``
+  (the paper settings) keeps the reference's behaviour: the state lives in
+  ``MetaState.model_state['inner_state']``, every task of a meta-batch
+  starts from it, and after the meta-step it becomes the mean of the tasks'
+  final states (the reference threads it through the meta-batch's tasks one
+  after another; with ``beta2 = 0.999`` and 5 tasks of 5 steps the two
+  differ by a weight of at most ``1 - 0.999^20 = 2%`` on the older
+  moments, and the step count advances by 5 instead of 25, which only
+  changes Adam's bias correction in the first few hundred steps). Test tasks start from the trained state, which evaluation
+  receives as ``mj.evaluate(..., model_state=state.model_state)``.
+  ``False`` starts every task from fresh moments.
 * Batch norm is :class:`~metajax.models.TransductiveBatchNorm` (statistics of
   the batch at hand), i.e. the reference's ``--transductive`` evaluation.
 * The minibatch order is random but reproducible: the PRNG key is
@@ -59,20 +73,26 @@ from metajax.core import inner
 from metajax.core.tasks import Task
 
 INNER_OPTIMIZERS = ("adam", "sgd")
+#: the metrics key under which a meta-training task reports its final inner
+#: optimiser state (``persistent_inner_state``); the meta-step consumes it.
+INNER_STATE = "inner_state"
 
 
 def task_key(seed: int, x: jax.Array) -> jax.Array:
   """A PRNG key for one task: ``seed`` folded with a fingerprint of ``x``.
 
-  The fingerprint mixes the bit patterns of ``sum(x)`` and ``sum(x**2)`` (as
-  float32) into one ``uint32``, so different tasks get different keys and
-  the same task always the same one. Works on traced (``vmap``-ed) inputs.
+  The fingerprint mixes the wrap-around sums of the float32 bit patterns of
+  ``x`` and of their squares into one ``uint32``: integer sums do not depend
+  on the order of the reduction, so the key is the same eagerly, under
+  ``jit`` and under ``vmap`` (a float sum's last bit is not), different
+  tasks get different keys and the same task always the same one.
   """
-  x = jnp.asarray(x, jnp.float32)
-  bits = [jax.lax.bitcast_convert_type(s, jnp.uint32)
-          for s in (jnp.sum(x), jnp.sum(jnp.square(x)))]
+  bits = jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.float32),
+                                      jnp.uint32).reshape(-1)
+  first = jnp.sum(bits, dtype=jnp.uint32)
+  second = jnp.sum(bits * bits, dtype=jnp.uint32)
   # one fold-in (one threefry hash to compile), golden-ratio mixing
-  fingerprint = bits[0] ^ (bits[1] * jnp.uint32(0x9E3779B9))
+  fingerprint = first ^ (second * jnp.uint32(0x9E3779B9))
   return jax.random.fold_in(jax.random.PRNGKey(seed), fingerprint)
 
 
@@ -149,6 +169,12 @@ class Reptile(ModelLearner):
     adapt_mask: which model parameters adapt (as :class:`~metajax.MAML`).
     unroll, remat: as :class:`~metajax.MAML` (the loop is never
       differentiated, so ``lax.scan`` is the default).
+    persistent_inner_state: carry the inner optimiser's state (Adam's
+      moments and step count) from task to task and into evaluation, as the
+      official code does (see the module docstring); ``False``: fresh per
+      task.
+    inner_state: the carried state, bound by :meth:`with_model_state`
+      (``None`` on a learner that has not been bound).
   """
   inner_steps: int = 5
   inner_lr: float = 1e-3
@@ -161,6 +187,8 @@ class Reptile(ModelLearner):
   eval_inner_batch_size: int | None = 5
   replacement: bool = False
   seed: int = 0
+  persistent_inner_state: bool = False
+  inner_state: Any = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     super().__post_init__()
@@ -222,7 +250,8 @@ class Reptile(ModelLearner):
   _UNSET: ClassVar[object] = object()
 
   def adapt(self, params, support_x, support_y, *, steps=None,
-            return_trajectory=False, batch_size=_UNSET):
+            return_trajectory=False, batch_size=_UNSET,
+            return_rule_state=False):
     """Task weights ``phi`` after ``steps`` (default ``inner_steps``) steps.
 
     Args:
@@ -233,6 +262,7 @@ class Reptile(ModelLearner):
         on a leading ``steps`` axis).
       batch_size: minibatch size (default ``inner_batch_size``; ``None``:
         full batch).
+      return_rule_state: also return the inner optimiser's final state.
     """
     steps = self.inner_steps if steps is None else steps
     if batch_size is Reptile._UNSET:
@@ -256,16 +286,65 @@ class Reptile(ModelLearner):
         loss_fn, params["model"], steps=steps, update=self.update_rule(),
         mask=self.adapt_mask, unroll=self.unroll,
         remat=self.remat, return_trajectory=return_trajectory,
-        step_loss=not full_batch)
+        step_loss=not full_batch, rule_state=self._start_state(),
+        return_rule_state=return_rule_state)
+
+  def _start_state(self):
+    """The inner optimiser state a task starts from (``None``: fresh)."""
+    if not self.persistent_inner_state:
+      return None
+    if self.inner_state is None:
+      raise ValueError(
+          "Reptile(persistent_inner_state=True) adapts from the inner "
+          "optimiser state carried over meta-training, and this learner has "
+          "none bound: use learner.with_model_state(state.model_state) (as "
+          "mj.evaluate(..., model_state=state.model_state) and "
+          "mj.make_meta_step do), or persistent_inner_state=False")
+    return self.inner_state
+
+  # -- state carried across tasks -------------------------------------------
+  def init_model_state(self, params, task: Task):
+    running = super().init_model_state(params, task)
+    if not self.persistent_inner_state:
+      return running
+    return {"running_stats": running,
+            INNER_STATE: inner.init_rule_state(
+                self.update_rule(), params["model"], self.adapt_mask)}
+
+  def with_model_state(self, model_state, *, training=False):
+    if not self.persistent_inner_state or model_state is None:
+      return super().with_model_state(model_state, training=training)
+    bound = super().with_model_state(model_state["running_stats"],
+                                     training=training)
+    return dataclasses.replace(bound, inner_state=model_state[INNER_STATE])
+
+  def update_model_state(self, model_state, metrics):
+    if not self.persistent_inner_state:
+      return super().update_model_state(model_state, metrics)
+    metrics = dict(metrics)
+    carried = metrics.pop(INNER_STATE)
+    running, metrics = super().update_model_state(
+        model_state["running_stats"], metrics)
+    # the meta-batch mean; integer leaves (Adam's count) are equal per task
+    carried = jax.tree_util.tree_map(
+        lambda old, new: (jnp.round(new) if jnp.issubdtype(
+            old.dtype, jnp.integer) else new).astype(old.dtype),
+        model_state[INNER_STATE], carried)
+    return {"running_stats": running, INNER_STATE: carried}, metrics
 
   # -- Learner -----------------------------------------------------------
   def task_grad(self, params, task: Task, *, iteration=0):
-    """``((query loss, metrics), {'model': theta - phi})`` for one task."""
+    """``((query loss, metrics), {'model': theta - phi})`` for one task
+    (with ``persistent_inner_state`` the metrics also carry the task's final
+    inner optimiser state under :data:`INNER_STATE`)."""
     del iteration
     theta = jax.lax.stop_gradient(params["model"])
-    phi = jax.lax.stop_gradient(
-        self.adapt(params, task.support_x, task.support_y))
+    phi, final_state = self.adapt(params, task.support_x, task.support_y,
+                                  return_rule_state=True)
+    phi = jax.lax.stop_gradient(phi)
     metrics = self.query_metrics(phi, task)
+    if self.persistent_inner_state:
+      metrics[INNER_STATE] = jax.lax.stop_gradient(final_state)
     metrics.update(self.pre_metrics(theta, task))
     grads = {"model": jax.tree_util.tree_map(jnp.subtract, theta, phi)}
     return (metrics["loss"], metrics), grads

@@ -35,9 +35,11 @@ Protocol (``protocol``): ``models.py`` ``OmniglotModel`` (64 filters, stride
 2, batch norm with a scale, 256 flattened features); ``omniglot.py``
 ``split_dataset`` (a random 1200 / 423 split; metajax's seeded ``'maml'``
 split stands in) and ``augment_dataset`` (training characters at four
-rotations as new classes; test characters unrotated); the inner Adam's
-slots persist across tasks in the code, while metajax's start fresh per
-task (see :mod:`metajax.algorithms.reptile`).
+rotations as new classes; test characters unrotated). The inner Adam's
+slots are created once and never reset (``reptile.py`` restores only the
+trainable variables between tasks, and evaluation restores the full trained
+state after each test task), hence ``persistent_inner_state=True`` (see
+:mod:`metajax.algorithms.reptile`).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ def _omniglot(ways: int, shots: int) -> PaperSetting:
       learner=dict(loss="cross_entropy", inner_steps=5 if five else 10,
                    inner_lr=1e-3 if five else 5e-4,
                    inner_batch_size=10 if five else 20, eval_inner_steps=50,
-                   eval_inner_batch_size=5 if five else 10),
+                   eval_inner_batch_size=5 if five else 10,
+                   persistent_inner_state=True),
       outer=dict(train_shots=10, meta_batch=5, meta_step=1.0,
                  meta_step_final=0.0,
                  meta_iters=100_000 if five else 200_000, eval_queries=1,
@@ -94,7 +97,8 @@ def _miniimagenet(shots: int) -> PaperSetting:
   return PaperSetting(
       learner=dict(loss="cross_entropy", inner_steps=8, inner_lr=1e-3,
                    inner_batch_size=10, eval_inner_steps=50,
-                   eval_inner_batch_size=eval_batch),
+                   eval_inner_batch_size=eval_batch,
+                   persistent_inner_state=True),
       outer=dict(train_shots=15, meta_batch=5, meta_step=1.0,
                  meta_step_final=0.0, meta_iters=100_000, eval_queries=1,
                  eval_tasks=10_000, filters=32, max_pool=True),

@@ -188,7 +188,9 @@ def adapt(loss_fn: LossFn,
           remat: bool = False,
           has_aux: bool = False,
           return_trajectory: bool = False,
-          step_loss: bool = False):
+          step_loss: bool = False,
+          rule_state: Any = None,
+          return_rule_state: bool = False):
   """Adapts ``params`` by ``steps`` steps of an update rule on ``loss_fn``.
 
   Args:
@@ -198,7 +200,7 @@ def adapt(loss_fn: LossFn,
     steps: number of inner steps (static; may differ at meta-test time).
     lr: shorthand for ``update=sgd(lr)``.
     update: the update rule (see the module docstring); its state starts
-      fresh for every call, i.e. per task.
+      fresh for every call, i.e. per task, unless ``rule_state`` is given.
     mask: which leaves adapt: ``None`` (all), a pytree of bools shaped like
       ``params``, or a predicate on the leaf's path string, see
       :func:`metajax.core.masks.from_predicate`.
@@ -211,10 +213,15 @@ def adapt(loss_fn: LossFn,
       adaptation curves).
     step_loss: ``loss_fn`` takes ``(params, t)``, ``t`` the 0-based step
       index (see the module docstring).
+    rule_state: the update rule's state to start from (e.g. Adam moments
+      kept across tasks, as openai/supervised-reptile does), shaped as
+      :func:`init_rule_state` makes it; ``None``: ``update.init``.
+    return_rule_state: also return the rule's state after the last step.
 
   Returns:
-    The adapted parameters (a pytree like ``params``), or
-    ``(adapted, trajectory)`` with ``return_trajectory``.
+    The adapted parameters (a pytree like ``params``); with
+    ``return_trajectory`` ``(adapted, trajectory)``; with
+    ``return_rule_state`` the final rule state is appended to either.
   """
   if steps < 0:
     raise ValueError(f"inner steps must be >= 0, got {steps}")
@@ -249,7 +256,8 @@ def adapt(loss_fn: LossFn,
 
   adapted0 = jax.tree_util.tree_unflatten(
       treedef, [l if k else None for l, k in zip(leaves, keep)])
-  carry = (adapted0, rule.init(adapted0))
+  carry = (adapted0, rule.init(adapted0) if rule_state is None
+            else rule_state)
   if unroll is True or steps == 0:
     trajectory = []
     for t in range(steps):
@@ -262,13 +270,24 @@ def adapt(loss_fn: LossFn,
     carry, trajectory = jax.lax.scan(body, carry, jnp.arange(steps),
                                      unroll=max(int(unroll), 1))
   result = combine(carry[0])
+  extra = (carry[1],) if return_rule_state else ()
   if not return_trajectory:
-    return result
-  if trajectory is None:
-    return result, None
-  # Frozen leaves are broadcast along the step axis too, so the trajectory is
-  # a params-shaped pytree with a leading ``steps`` axis.
-  moved = jax.tree_util.tree_leaves(trajectory, is_leaf=_is_none)
-  return result, jax.tree_util.tree_unflatten(treedef, [
-      a if k else jnp.broadcast_to(l, (steps,) + np.shape(l))
-      for a, l, k in zip(moved, leaves, keep)])
+    return (result,) + extra if extra else result
+  if trajectory is not None:
+    # Frozen leaves are broadcast along the step axis too, so the trajectory
+    # is a params-shaped pytree with a leading ``steps`` axis.
+    moved = jax.tree_util.tree_leaves(trajectory, is_leaf=_is_none)
+    trajectory = jax.tree_util.tree_unflatten(treedef, [
+        a if k else jnp.broadcast_to(l, (steps,) + np.shape(l))
+        for a, l, k in zip(moved, leaves, keep)])
+  return (result, trajectory) + extra
+
+
+def init_rule_state(update: UpdateRule, params: Params, mask: Any = None):
+  """The fresh state of ``update`` as :func:`adapt` builds it for
+  ``params`` under ``mask`` (frozen leaves are ``None``): the starting point
+  of a rule state carried across tasks (``adapt(rule_state=...)``)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keep = masks_lib.resolve(mask, params)
+  return update.init(jax.tree_util.tree_unflatten(
+      treedef, [l if k else None for l, k in zip(leaves, keep)]))

@@ -26,11 +26,15 @@ Batch norm with running statistics (``norm='running'`` in
 :mod:`metajax.models.layers`) is the one piece of state that is neither a
 meta-parameter nor optimiser state: running averages of the batch
 statistics of each training forward pass. It lives in
-``MetaState.model_state`` (``None`` for every other model). A learner whose
-model keeps such statistics reports the batch's in its metrics under
-:data:`BATCH_STATS` (averaged over the meta-batch like any metric);
-:func:`make_meta_step` removes them from the metrics and folds them into
-``model_state`` with :meth:`Learner.update_model_state`. Evaluation uses
+``MetaState.model_state`` (``None`` for every other model), as does any
+other state a learner carries from task to task outside the meta-parameters
+(Reptile's inner Adam moments in the official code). A learner reports
+what its training passes produced for the state in its metrics (batch
+statistics under :data:`BATCH_STATS`, averaged over the meta-batch like
+any metric); :func:`make_meta_step` runs the meta-gradient with
+``learner.with_model_state(state.model_state, training=True)`` and hands
+the metrics to :meth:`Learner.update_model_state`, which folds the reports
+into ``model_state`` and removes them. Evaluation uses
 ``learner.with_model_state(state.model_state)``, a learner whose model
 normalises with the running averages (PyTorch's ``eval()``). Whatever changes over meta-training is either a
 meta-parameter (learned inner rates, in ``params``), optimiser state (an
@@ -141,22 +145,32 @@ class Learner(abc.ABC):
     del params, task
     return None
 
-  def update_model_state(self, model_state: Any, batch_stats: Any) -> Any:
-    """``model_state`` after one meta-step whose training forward passes
-    reported ``batch_stats`` (the meta-batch mean): an exponential moving
-    average with weight :attr:`running_momentum`."""
+  def update_model_state(self, model_state: Any, metrics: Metrics
+                         ) -> tuple[Any, Metrics]:
+    """``(model_state, metrics)`` after one meta-step whose task-averaged
+    ``metrics`` carry what the training passes reported for the state
+    (:data:`BATCH_STATS`): the reports are folded into ``model_state`` and
+    removed from the metrics. Batch statistics enter an exponential moving
+    average with weight :attr:`running_momentum`; learners with other state
+    (Reptile's persistent inner Adam moments) override this."""
+    metrics = dict(metrics)
+    batch_stats = metrics.pop(BATCH_STATS, None)
     if model_state is None or batch_stats is None:
-      return model_state
+      return model_state, metrics
     m = self.running_momentum
     return jax.tree_util.tree_map(
         lambda r, b: (1.0 - m) * r + m * b.astype(r.dtype), model_state,
-        batch_stats)
+        batch_stats), metrics
 
-  def with_model_state(self, model_state: Any) -> "Learner":
-    """The learner to evaluate with: its model uses ``model_state`` (running
-    statistics) instead of batch statistics. Learners without model state
-    return themselves."""
-    del model_state
+  def with_model_state(self, model_state: Any, *, training: bool = False
+                       ) -> "Learner":
+    """The learner that uses ``model_state``: for evaluation (default), a
+    learner whose model normalises with the running statistics instead of
+    batch statistics; with ``training=True`` the learner one meta-step runs
+    (batch norm keeps batch statistics; state a training pass reads, such as
+    Reptile's persistent inner Adam moments, is bound). Learners without
+    model state return themselves."""
+    del model_state, training
     return self
 
   def meta_grad(self, params: Params, tasks: Task, *, iteration=0,
@@ -219,12 +233,12 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
         f"{task_map_lib.METHODS}")
 
   def step(state: MetaState, tasks: Task):
-    (_, metrics), grads = learner.meta_grad(
+    bound = learner.with_model_state(state.model_state, training=True)
+    (_, metrics), grads = bound.meta_grad(
         state.params, tasks, iteration=state.step, task_map=task_map,
         chunk_size=chunk_size)
-    metrics = dict(metrics)
-    model_state = learner.update_model_state(
-        state.model_state, metrics.pop(BATCH_STATS, None))
+    model_state, metrics = learner.update_model_state(state.model_state,
+                                                      metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return MetaState(params, opt_state, state.step + 1, model_state), metrics

@@ -217,14 +217,21 @@ def _mean_nearest(src, dst) -> np.ndarray:
   return out
 
 
-def learner_matcher(learner, params, *, steps: int | None = None) -> Callable:
+def learner_matcher(learner, params, *, steps: int | None = None,
+                    model_state=None) -> Callable:
   """A matcher from a meta-learner: one 20-way 1-shot task per run.
 
   The run's training images are the support set (labels ``0..19``), the
   test images the queries; the scores are ``learner.predict`` outputs
   (logits) after ``learner.adapt`` with ``steps`` inner steps. The learner
   must produce at least 20 outputs and take images of the run's size.
+  ``model_state`` (the trained ``MetaState.model_state``: running batch-norm
+  statistics, Reptile's carried inner Adam state) is used as
+  :func:`metajax.evaluate` uses it.
   """
+  if model_state is not None:
+    learner = learner.with_model_state(model_state)
+
   @jax.jit
   def scores(test, train):
     labels = jnp.arange(train.shape[0], dtype=jnp.int32)

@@ -48,6 +48,11 @@ def make_parser(configs_module, *, default_workdir: str, description: str,
       "--fresh", action="store_true",
       help="delete the previous run in --workdir and start over")
   parser.add_argument(
+      "--extend", action="store_true",
+      help="continue the run in --workdir with a larger budget (--set "
+      "iterations=N above its own); refused where the experiment's schedules "
+      "depend on the budget")
+  parser.add_argument(
       "--data-dir", default=None, metavar="DIR",
       help="where the data sets are (default: the experiment's own default)")
   parser.add_argument("--no-progress", action="store_true",
@@ -111,8 +116,19 @@ def run(argv: Sequence[str] | None, *, configs_module,
   if args.print_config:
     print(json.dumps(config_dict, indent=2, sort_keys=True))
     return None
+  extend = ()
+  if args.extend:
+    budget_dependent = getattr(configs_module, "budget_dependent", None)
+    reasons = (["this experiment does not support --extend"]
+               if budget_dependent is None else budget_dependent(cfg))
+    if reasons:
+      return fail(config_lib.ConfigError(
+          "--extend would not continue the run as if it had been given the "
+          "larger budget from the start: " + "; ".join(reasons)))
+    extend = ("iterations",)
   try:
-    workdir = workdir_lib.prepare(args.workdir, config_dict, fresh=args.fresh)
+    workdir = workdir_lib.prepare(args.workdir, config_dict, fresh=args.fresh,
+                                  extend=extend)
   except workdir_lib.WorkdirError as e:
     return fail(e)
   data_dir = None if args.data_dir is None else pathlib.Path(args.data_dir)

@@ -4,7 +4,11 @@ A workdir holds ``config.json`` (written first), ``checkpoints/``,
 ``metrics.jsonl``, ``tensorboard/`` and ``results.json``. :func:`prepare`
 makes sure the folder never mixes two runs: rerunning with the same config
 resumes from its checkpoints, a changed config is refused with the differing
-fields, and ``fresh=True`` deletes the old run first. A non-empty folder
+fields, and ``fresh=True`` deletes the old run first. The one change allowed
+is a larger budget (``extend=('iterations',)``): the run continues from its
+checkpoint as if it had been given the larger budget from the start, which
+the experiment must guarantee (nothing it ran may depend on the budget), and
+``extensions.json`` records each extension. A non-empty folder
 without ``config.json`` is not a run folder and is never written to or
 deleted, so a mistyped ``--workdir .`` cannot wipe a user's files.
 """
@@ -16,6 +20,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +30,7 @@ from metajax.experiment import config as config_lib
 CONFIG_NAME = "config.json"
 RESULTS_NAME = "results.json"
 CHECKPOINTS = "checkpoints"
+EXTENSIONS_NAME = "extensions.json"
 
 
 class WorkdirError(ValueError):
@@ -135,8 +141,8 @@ def _clear(path: pathlib.Path) -> None:
       entry.unlink()
 
 
-def prepare(workdir, config_dict: Mapping, *,
-            fresh: bool = False) -> pathlib.Path:
+def prepare(workdir, config_dict: Mapping, *, fresh: bool = False,
+            extend: tuple[str, ...] = ()) -> pathlib.Path:
   """Creates or reopens the run folder ``workdir`` for ``config_dict``.
 
   Args:
@@ -144,6 +150,10 @@ def prepare(workdir, config_dict: Mapping, *,
     config_dict: the run's config (e.g. :func:`config.to_dict`), JSON-able.
     fresh: delete the previous run in ``workdir`` (every file in it) and
       start over.
+    extend: top-level config fields (budgets, e.g. ``('iterations',)``)
+      that may grow: a stored config that differs only by larger values of
+      them is replaced by ``config_dict`` and the change appended to
+      ``extensions.json``; the caller resumes from the checkpoint.
 
   Returns:
     ``workdir`` as a path. With an identical stored config the folder is left
@@ -177,17 +187,50 @@ def prepare(workdir, config_dict: Mapping, *,
     keys = config_lib.diff(old, new)
     if not keys:
       return path
+    if extend and _extends(old, new, keys, extend):
+      history = read_extensions(path)
+      history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      **{k: {"from": old[k], "to": new[k]} for k in keys}})
+      write_json_atomic(path / EXTENSIONS_NAME, history)
+      write_json_atomic(path / CONFIG_NAME, new, sort_keys=True)
+      return path
     flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(new)
     differences = [(k, flat_old.get(k, ABSENT), flat_new.get(k, ABSENT))
                    for k in keys]
     changes = "; ".join(f"{k}: {_fmt(o)} -> {_fmt(n)}"
                         for k, o, n in differences)
+    hint = (f"; only larger {', '.join(extend)} may extend it"
+            if extend else "")
     raise ConfigMismatchError(
-        f"workdir {path} holds a run of another config ({changes}); pass "
-        "--fresh to delete that run and start over, or use another --workdir",
-        differences)
+        f"workdir {path} holds a run of another config ({changes}){hint}; "
+        "pass --fresh to delete that run and start over, or use another "
+        "--workdir", differences)
   write_json_atomic(path / CONFIG_NAME, new, sort_keys=True)
   return path
+
+
+def _extends(old: dict, new: dict, keys, extend) -> bool:
+  """Whether ``new`` differs from ``old`` only by larger numbers in the
+  top-level fields ``extend``."""
+  def number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+  return all(k in extend and number(old.get(k)) and number(new.get(k))
+             and new[k] > old[k] for k in keys)
+
+
+def read_extensions(workdir) -> list:
+  """The budget extensions recorded in ``workdir`` (oldest first; empty if
+  the run was never extended)."""
+  path = pathlib.Path(workdir) / EXTENSIONS_NAME
+  if not path.exists():
+    return []
+  try:
+    history = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"cannot read {path}: {e}") from e
+  if not isinstance(history, list):
+    raise WorkdirError(f"{path} holds no list of extensions")
+  return history
 
 
 def write_results(workdir, results: Mapping) -> pathlib.Path:

@@ -174,3 +174,112 @@ def test_maml_only_fields_are_not_reptiles(field):
     Reptile(models.MLP(), **{field: "scalar" if field == "learn_inner_lr"
                              else True})
   assert not isinstance(Reptile(models.MLP()), mj.MAML)
+
+
+def _adam_b1_0_loop(theta, grad, sx, sy, idx, lr, v, count):
+  """Reference inner loop: TF Adam(beta1=0) from second moments ``v`` at
+  step ``count``, in float64 numpy; returns ``(phi, v, count)``."""
+  phi = theta
+  for k in range(idx.shape[0]):
+    g = _np_tree(grad(jax.tree_util.tree_map(jnp.float32, phi),
+                      sx[idx[k]], sy[idx[k]]))
+    v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
+    count += 1
+    corr = 1 - 0.999 ** count
+    phi = jax.tree_util.tree_map(
+        lambda p, g, v: p - lr * g / (np.sqrt(v / corr) + 1e-8), phi, g, v)
+  return phi, v, count
+
+
+def test_persistent_inner_state_carries_adam_moments_like_a_plain_loop():
+  # Two meta-steps and an evaluation against the reference: every task of
+  # a meta-batch starts from the carried moments, the carried state becomes
+  # the tasks' mean, and test tasks adapt from the trained state.
+  model = models.MLP(hidden=(5,))
+  steps, lr, eps, seed, n = 3, 0.02, 0.5, 4, 3
+  lrn = Reptile(model, inner_lr=lr, inner_steps=steps, inner_batch_size=4,
+                eval_inner_batch_size=4, eval_inner_steps=2, seed=seed,
+                persistent_inner_state=True)
+  opt = optax.sgd(eps)
+  batches = [sample_tasks(jax.random.PRNGKey(10 + s), n, 6, 5)
+             for s in range(2)]
+  state = learner_lib.init_state(lrn, opt, jax.random.PRNGKey(1),
+                                 task_slice(batches[0], 0))
+  grad = jax.grad(lambda p, x, y: jnp.mean((model.apply({"params": p}, x)
+                                           - y) ** 2))
+  theta = _np_tree(state.params["model"])
+  v = jax.tree_util.tree_map(np.zeros_like, theta)
+  count = 0
+  step = learner_lib.make_meta_step(lrn, opt)
+  for tasks in batches:
+    state, metrics = step(state, tasks)
+    assert "inner_state" not in metrics
+    outs = []
+    for i in range(n):
+      t = task_slice(tasks, i)
+      idx = np.asarray(minibatch_indices(task_key(seed, t.support_x), 6, 4,
+                                         steps))
+      outs.append(_adam_b1_0_loop(theta, grad, np.asarray(t.support_x),
+                                  np.asarray(t.support_y), idx, lr, v, count))
+    mean_phi = jax.tree_util.tree_map(lambda *a: np.mean(a, axis=0),
+                                      *[o[0] for o in outs])
+    theta = jax.tree_util.tree_map(lambda t, p: t + eps * (p - t), theta,
+                                   mean_phi)
+    v = jax.tree_util.tree_map(lambda *a: np.mean(a, axis=0),
+                               *[o[1] for o in outs])
+    count += steps
+  adam_state = state.model_state["inner_state"][0]
+  assert int(adam_state.count) == count == 2 * steps
+  for got, ref in zip(jax.tree_util.tree_leaves(adam_state.nu),
+                      jax.tree_util.tree_leaves(v)):
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-12)
+  for got, ref in zip(jax.tree_util.tree_leaves(state.params["model"]),
+                      jax.tree_util.tree_leaves(theta)):
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-6)
+
+  # Evaluation adapts from the trained moments, not fresh ones.
+  test = task_slice(sample_tasks(jax.random.PRNGKey(99), 1, 6, 5), 0)
+  bound = lrn.with_model_state(state.model_state)
+  phi = bound.adapt(state.params, test.support_x, test.support_y, steps=2)
+  idx = np.asarray(minibatch_indices(task_key(seed, test.support_x), 6, 4, 2))
+  want, _, _ = _adam_b1_0_loop(theta, grad, np.asarray(test.support_x),
+                               np.asarray(test.support_y), idx, lr, v, count)
+  fresh, _, _ = _adam_b1_0_loop(
+      theta, grad, np.asarray(test.support_x), np.asarray(test.support_y),
+      idx, lr, jax.tree_util.tree_map(np.zeros_like, v), 0)
+  for got, ref, other in zip(jax.tree_util.tree_leaves(phi),
+                             jax.tree_util.tree_leaves(want),
+                             jax.tree_util.tree_leaves(fresh)):
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-6)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(fresh))) > 1e-4
+  result = mj.evaluate(lrn, state.params,
+                       sample_tasks(jax.random.PRNGKey(5), 4, 6, 5),
+                       num_tasks=4, batch_size=2,
+                       model_state=state.model_state)
+  assert np.isfinite(result.mean)
+
+
+def test_persistent_inner_state_needs_binding():
+  lrn = Reptile(models.MLP(hidden=(4,)), persistent_inner_state=True)
+  tasks = sample_tasks(jax.random.PRNGKey(0), 2, 10, 5)
+  params = lrn.init(jax.random.PRNGKey(0), task_slice(tasks, 0))
+  with pytest.raises(ValueError, match="with_model_state"):
+    lrn.evaluate(params, task_slice(tasks, 0))
+
+
+def test_persistent_inner_state_resumes_exactly(tmp_path):
+  lrn = Reptile(models.MLP(hidden=(4,)), inner_steps=2, inner_batch_size=5,
+                persistent_inner_state=True)
+  opt = lrn.outer_optimizer(meta_iters=4)
+  sampler = lambda key: sample_tasks(key, 2, 10, 5)
+  kw = dict(num_steps=4, steps_per_call=1, progress=False)
+  whole, _ = mj.fit(lrn, opt, sampler, **kw)
+  mj.fit(lrn, opt, sampler, checkpoint_dir=tmp_path, checkpoint_every=2,
+         **{**kw, "num_steps": 2})
+  resumed, _ = mj.fit(lrn, opt, sampler, checkpoint_dir=tmp_path,
+                      checkpoint_every=2, **kw)
+  assert int(resumed.model_state["inner_state"][0].count) == 8
+  for a, b in zip(jax.tree_util.tree_leaves(whole),
+                  jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -303,6 +303,26 @@ def test_lake_learner_matcher(tmp_path):
   assert ev.lake_one_shot(m, runs).mean_error == 0.0
 
 
+def test_lake_learner_matcher_uses_the_model_state(tmp_path):
+  # Reptile carrying its inner Adam state needs it at test time, as evaluate.
+  path, _ = write_runs(tmp_path, n_runs=1)
+  run = ev.load_lake_runs(path, size=14)[0]
+  reptile = metajax.Reptile(metajax.models.MLP(hidden=(8,), num_outputs=20),
+                       loss="cross_entropy", eval_inner_steps=1,
+                       persistent_inner_state=True)
+  task = metajax.Task(run.train.reshape(20, -1), jnp.arange(20),
+                 run.test.reshape(20, -1), jnp.arange(20))
+  params = reptile.init(jax.random.PRNGKey(0), task)
+  flat = lambda m: (lambda a, b: m(a.reshape(len(a), -1),
+                                   b.reshape(len(b), -1)))
+  with pytest.raises(ValueError, match="with_model_state"):
+    flat(ev.learner_matcher(reptile, params))(run.test, run.train)
+  state = reptile.init_model_state(params, task)
+  scores = flat(ev.learner_matcher(reptile, params, model_state=state))(
+      run.test, run.train)
+  assert scores.shape == (20, 20) and np.isfinite(scores).all()
+
+
 def test_lake_bad_input(tmp_path, monkeypatch):
   path, _ = write_runs(tmp_path, n_runs=1)
   runs = ev.load_lake_runs(path)

@@ -113,3 +113,26 @@ def test_write_results_converts_numpy_and_non_finite(tmp_path):
   assert json.loads(text) == {"mse": 0.5, "n": 3, "curve": [0.0, 1.0, 2.0],
                               "ci": [0.1, 2], "bad": None, "arr": [1.0, None]}
   assert text.startswith('{\n  "mse"')
+
+
+def test_extend_allows_only_a_larger_budget_and_records_it(tmp_path):
+  cfg = {"iterations": 10, "lr": 0.1, "nested": {"x": 1}}
+  W.prepare(tmp_path, cfg)
+  (tmp_path / "checkpoints").mkdir()
+  for changed in ({**cfg, "iterations": 5}, {**cfg, "iterations": 10.0 + 1,
+                                            "lr": 0.2},
+                  {**cfg, "iterations": True}):
+    with pytest.raises(W.ConfigMismatchError, match="only larger iterations"):
+      W.prepare(tmp_path, changed, extend=("iterations",))
+  with pytest.raises(W.ConfigMismatchError):  # no extension unless asked
+    W.prepare(tmp_path, {**cfg, "iterations": 20})
+  assert W.read_extensions(tmp_path) == []
+  W.prepare(tmp_path, {**cfg, "iterations": 20}, extend=("iterations",))
+  W.prepare(tmp_path, {**cfg, "iterations": 30}, extend=("iterations",))
+  assert W.read_config(tmp_path)["iterations"] == 30
+  assert (tmp_path / "checkpoints").is_dir()  # the run is kept
+  assert [(e["iterations"]["from"], e["iterations"]["to"])
+          for e in W.read_extensions(tmp_path)] == [(10, 20), (20, 30)]
+  # the same (extended) config resumes without a new record
+  W.prepare(tmp_path, {**cfg, "iterations": 30}, extend=("iterations",))
+  assert len(W.read_extensions(tmp_path)) == 2

@@ -159,3 +159,76 @@ def test_validate_names_the_field(overrides, named):
   cfg = config_lib.override(configs.tiny(), overrides)
   with pytest.raises(config_lib.ConfigError, match=named):
     config_lib.validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def plain_tiny_run(tmp_path_factory, shared_data_dir, omniglot_cache_dir):
+  """``(workdir, results)`` of the tiny MAML config, run once."""
+  out = tmp_path_factory.mktemp("plain") / "maml"
+  return out, _run(None, shared_data_dir, omniglot_cache_dir, "--workdir",
+                   str(out))
+
+
+def test_extend_continues_a_run_as_if_given_the_larger_budget(
+    tmp_path, shared_data_dir, omniglot_cache_dir, plain_tiny_run, capsys):
+  straight_dir, straight = plain_tiny_run
+  work = tmp_path / "extended"
+  _run(tmp_path, shared_data_dir, omniglot_cache_dir, "--workdir", str(work),
+       "--set", "iterations=2")
+  with pytest.raises(SystemExit):  # a changed budget without --extend
+    _run(tmp_path, shared_data_dir, omniglot_cache_dir, "--workdir",
+         str(work))
+  assert "only larger" not in capsys.readouterr().err
+  extended = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
+                  "--workdir", str(work), "--extend")
+  assert extended["train"]["resumed_from_step"] == 2
+  assert extended["train"]["steps_trained"] == 2
+  assert [(e["iterations"]["from"], e["iterations"]["to"])
+          for e in extended["train"]["extensions"]] == [(2, 4)]
+  assert straight["train"]["extensions"] == []
+  assert extended["config"] == straight["config"]
+  rows = lambda d: [(r["step"], r["loss"]) for r in metrics_log.read_metrics(
+      d, split="maml/train")]
+  assert rows(work) == rows(straight_dir)
+  assert extended["test"]["mean"] == straight["test"]["mean"]
+  with pytest.raises(SystemExit):  # a smaller budget is no extension
+    _run(tmp_path, shared_data_dir, omniglot_cache_dir, "--workdir",
+         str(work), "--set", "iterations=3", "--extend")
+  assert "only larger iterations" in capsys.readouterr().err
+
+
+def test_extend_is_refused_where_the_schedule_follows_the_budget(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    main.main(["--config", "tiny", "--method", "reptile", "--workdir",
+               str(tmp_path / "r"), "--extend"])
+  assert e.value.code == 2
+  assert configs.budget_dependent(config_lib.override(
+      configs.tiny(), ["method=reptile", "anneal_iterations=10"])) == []
+  assert configs.budget_dependent(config_lib.override(
+      configs.tiny(), ["method=protonet", "val_every=2"]))
+
+
+def test_grad_compare_every_tracks_the_directions_during_training(
+    tmp_path, shared_data_dir, omniglot_cache_dir, plain_tiny_run, capsys):
+  out = tmp_path / "gc"
+  results = _run(tmp_path, shared_data_dir, omniglot_cache_dir, "--workdir",
+                 str(out), "--set", "grad_compare_every=3")
+  gc = results["grad_compare"]
+  assert gc["steps"] == [0, 3, 4] and gc["every"] == 3
+  assert set(gc["cosine"]) == {"exact", "first_order", "implicit", "reptile"}
+  assert gc["cosine"]["exact"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+  assert all(-1 <= c <= 1 for c in gc["cosine"]["first_order"])
+  rows = metrics_log.read_metrics(out, split=train.GRAD_COMPARE_SPLIT)
+  assert [r["step"] for r in rows] == [0, 3, 4]
+  assert rows[1]["first_order/cosine/all"] == gc["cosine"]["first_order"][1]
+  # training is the run a plain config makes
+  assert results["test"]["mean"] == plain_tiny_run[1]["test"]["mean"]
+  # the one-off comparison of the trained run, from the command line
+  capsys.readouterr()
+  once = _run(tmp_path, shared_data_dir, omniglot_cache_dir, "--workdir",
+              str(out), "--set", "grad_compare_every=3", "--compare-grads")
+  assert once["step"] == 4 and "| first_order | all |" in (
+      capsys.readouterr().out)
+  saved = json.loads((out / train.COMPARISON_NAME).read_text())
+  assert saved["comparison"]["cosine"]["first_order"]["all"] == pytest.approx(
+      gc["cosine"]["first_order"][-1], rel=1e-5)

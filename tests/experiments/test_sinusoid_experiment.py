@@ -12,26 +12,27 @@ import json
 import numpy as np
 import pytest
 
-from experiments.sinusoid import configs, main
+from experiments.sinusoid import configs, main, train
 from metajax.experiment import config as config_lib
 from metajax.experiment import metrics_log
 
-# What `python -m experiments.sinusoid` ran before the configs existed
-# (experiments/sinusoid/config.py's defaults); the default variant keeps it.
-BEFORE = dict(
-    iterations=20_000, baseline_iterations=None, meta_batch=25,
-    train_shots=10, train_query=10, train_per_k=False, hidden=(40, 40),
-    init="maml", inner_lr=0.01, inner_steps=1, first_order=False,
-    meta_lr=1e-3, eval_tasks=600, eval_shots=(5, 10), eval_steps=10,
-    report_steps=(1, 5, 10), eval_query=None, seed=0, eval_seed=1,
-    steps_per_call=500, checkpoint_every=5_000)
-
-
-def test_default_variant_is_the_previous_default_and_paper_is_70k():
-  assert dataclasses.asdict(configs.VARIANTS["default"]()) == BEFORE
-  paper = configs.VARIANTS["paper"]()
-  assert paper.iterations == configs.PAPER_ITERATIONS == 70_000
-  assert paper.baseline_iters == 70_000
+def test_default_variant_is_the_setting_that_reproduces_the_table():
+  default = configs.VARIANTS["default"]()
+  assert default.iterations == configs.PAPER_ITERATIONS == 70_000
+  assert default.inner_lr == configs.CODE_INNER_LR == 0.001
+  assert default.baseline_inner_lr == configs.STATED_INNER_LR == 0.01
+  assert "0.001 (cbfinn/maml's default --update_lr)" in configs.setting(
+      default)
+  stated = configs.VARIANTS["stated_step"]()
+  assert dataclasses.asdict(configs.VARIANTS["paper"]()) == \
+      dataclasses.asdict(stated)
+  assert (stated.iterations, stated.inner_lr, stated.baseline_inner_lr) == (
+      70_000, 0.01, None)
+  assert configs.VARIANTS["short"]().iterations == 20_000
+  models = train.learners(default)
+  assert (models["maml"].inner_lr, models["pretrained"].inner_lr) == (
+      0.001, 0.01)
+  assert train.learners(stated)["pretrained"].inner_lr == 0.01
 
 
 @pytest.mark.parametrize("override,named", [
@@ -39,6 +40,7 @@ def test_default_variant_is_the_previous_default_and_paper_is_70k():
     ("eval_shots=5,0", "eval_shots"), ("eval_steps=-1", "eval_steps"),
     ("baseline_iterations=0", "baseline_iterations"),
     ("inner_lr=0", "inner_lr"), ("hidden=8,0", "hidden"),
+    ("baseline_inner_lr=-1", "baseline_inner_lr"),
     ("eval_query=0", "eval_query")])
 def test_validate_names_the_field(override, named):
   cfg = config_lib.override(configs.tiny(), [override])
@@ -95,7 +97,10 @@ def test_rerun_resumes_and_a_changed_config_is_refused(tiny_run, capsys):
   again = main.main(["--config", "tiny", "--workdir", str(out),
                      "--no-progress"])
   printed = capsys.readouterr().out
-  assert "(paper 0.67)" in printed and "(paper 2.41)" in printed
+  assert "(paper 0.67, " in printed and "(paper 2.41, " in printed
+  assert "our 95% interval)" in printed
+  assert printed.startswith("setting: MAML inner step 0.01 (the paper's "
+                            "stated step), pretrained fine-tuned at 0.01")
   for name in ("maml", "pretrained"):
     entry = again["methods"][name]
     assert entry["steps_trained"] == 0 and entry["resumed_from_step"] == 40
