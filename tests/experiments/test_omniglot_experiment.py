@@ -91,7 +91,8 @@ def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
   (p_cfg, p_wd, p_kw), (r_cfg, r_wd, r_kw), (a_cfg, a_wd, _) = calls
   assert p_cfg.method == "protonet" and p_wd == pathlib.Path(
       "runs/omniglot/protonet")
-  assert p_kw == {"data_dir": None, "progress": True, "cache_dir": None}
+  assert p_kw == {"data_dir": None, "progress": True, "cache_dir": None,
+                  "compare_grads": False}
   assert r_cfg.method == "r2d2" and r_wd == pathlib.Path("elsewhere")
   assert r_kw["cache_dir"] == "c"
   assert a_cfg.method == "anil" and a_wd == pathlib.Path("mine")
