@@ -14,11 +14,14 @@ to ``XLA_FLAGS`` (its effect on whole meta-steps: ``benchmarks/README.md``).
 It does so only when
 
 * ``METAJAX_XLA_CPU_DEFAULTS`` is not ``0`` (the opt-out),
-* ``XLA_FLAGS`` does not already choose YNN fusion types (yours win), and
+* ``XLA_FLAGS`` does not already choose YNN fusion types (yours win),
+* JAX's default backend will be the CPU: ``JAX_PLATFORMS`` (if set) lists
+  ``cpu`` first, or (if unset) no GPU or TPU plugin (``jax-cuda*-plugin``,
+  ``jax-rocm*-plugin``, ``libtpu``) is installed, and
 * no JAX backend has started yet: XLA reads its flags once, when the first
   backend starts, so import metajax before running any JAX computation.
 
-The flag concerns the CPU backend only; GPU and TPU backends ignore it. It
+The flag concerns the CPU backend only, so accelerator runs go without it. It
 exists in the jaxlib that ``pyproject.toml`` pins (0.10.x); XLA aborts on
 flags it does not know, so with any other jaxlib nothing is added.
 """
@@ -32,6 +35,8 @@ VALUE = "individual_dot,reduce"
 OPT_OUT = "METAJAX_XLA_CPU_DEFAULTS"
 #: jaxlib releases known to have the flag.
 JAXLIB_SERIES = "0.10."
+#: name prefixes of the distributions that give JAX a GPU or TPU backend.
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu")
 
 
 def _backends_started() -> bool:
@@ -47,20 +52,42 @@ def _jaxlib_version() -> str:
     return ""
 
 
+def _accelerator_plugins() -> list[str]:
+  from importlib import metadata
+  names = {(d.metadata["Name"] or "").lower().replace("_", "-")
+           for d in metadata.distributions()}
+  return sorted(n for n in names if n.startswith(ACCELERATOR_PLUGINS))
+
+
+def default_platform(environ, plugins) -> str:
+  """The platform JAX's default backend will run on, as far as the
+  environment and the installed plugins tell before any backend starts:
+  ``JAX_PLATFORMS``'s first entry if set, else ``'accelerator'`` when a
+  GPU or TPU plugin is installed, else ``'cpu'``."""
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower()
+  return "accelerator" if plugins else "cpu"
+
+
 def apply_defaults(environ: MutableMapping[str, str] | None = None,
                    backends_started: bool | None = None,
-                   jaxlib_version: str | None = None) -> str:
+                   jaxlib_version: str | None = None,
+                   plugins: list[str] | None = None) -> str:
   """Adds metajax's XLA:CPU flag to ``XLA_FLAGS`` where that is safe and wanted.
 
   Args:
     environ: the environment to edit (default ``os.environ``).
     backends_started: whether a JAX backend already runs (default: ask JAX).
     jaxlib_version: the installed jaxlib (default: read its metadata).
+    plugins: the installed GPU/TPU plugin distributions (default: those
+      whose names start with :data:`ACCELERATOR_PLUGINS`).
 
   Returns:
     What happened: ``'applied'``; ``'opted out'`` (``METAJAX_XLA_CPU_DEFAULTS=0``);
     ``'user setting'`` (``XLA_FLAGS`` already names the flag); ``'other
-    jaxlib'`` (not a release known to have the flag); or ``'too late'`` (a
+    jaxlib'`` (not a release known to have the flag); ``'other backend'``
+    (the default backend will not be the CPU); or ``'too late'`` (a
     backend had started, so the flag could no longer take effect).
   """
   environ = os.environ if environ is None else environ
@@ -72,6 +99,9 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None,
   flags = environ.get("XLA_FLAGS", "")
   if FLAG in flags:
     return "user setting"
+  if default_platform(environ, _accelerator_plugins() if plugins is None
+                      else plugins) != "cpu":
+    return "other backend"
   if _backends_started() if backends_started is None else backends_started:
     return "too late"
   environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()

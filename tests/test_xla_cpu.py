@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metajax import xla_cpu
@@ -81,3 +82,64 @@ def test_import_sets_the_flag_and_xla_obeys_it():
   off = _probe(**{xla_cpu.OPT_OUT: "0"})
   assert off["status"] == "opted out" and off["flags"] == ""
   assert off["library_conv"]
+
+
+@pytest.mark.parametrize("env,plugins,status", [
+    ({}, ["jax-cuda12-plugin"], "other backend"),
+    ({"JAX_PLATFORMS": "cuda,cpu"}, [], "other backend"),
+    ({"JAX_PLATFORMS": "tpu"}, [], "other backend"),
+    ({"JAX_PLATFORMS": "cpu"}, ["jax-cuda13-plugin"], "applied"),
+    ({}, [], "applied"),
+])
+def test_the_flag_is_for_the_cpu_backend_only(env, plugins, status):
+  env = dict(env)
+  assert xla_cpu.apply_defaults(env, backends_started=False,
+                                jaxlib_version="0.10.2",
+                                plugins=plugins) == status
+  assert (SETTING in env.get("XLA_FLAGS", "")) == (status == "applied")
+
+
+_META_STEP = r'''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])  # the fake distributions come first
+import jax, numpy as np, optax
+import metajax as mj
+from metajax.models import MLP
+learner = mj.MAML(MLP(hidden=(8,), num_outputs=1), inner_lr=0.01,
+                  inner_steps=2, loss="mse")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 5, 1)).astype(np.float32)
+tasks = mj.Task(x, np.sin(x), x, np.cos(x))
+opt = optax.adam(1e-3)
+state = mj.init_state(learner, opt, jax.random.PRNGKey(0),
+                      jax.tree_util.tree_map(lambda a: a[0], tasks))
+state, metrics = mj.make_meta_step(learner, opt)(state, tasks)
+print(json.dumps({"status": mj.xla_cpu.STATUS,
+                  "flags": os.environ.get("XLA_FLAGS", ""),
+                  "loss": float(metrics["loss"])}))
+'''
+
+
+@pytest.mark.parametrize("distribution,version,status", [
+    ("jax_cuda13_plugin", "0.10.2", "other backend"),  # a GPU image
+    ("jaxlib", "0.11.0", "other jaxlib"),  # the GPU image's jax series
+])
+def test_metajax_runs_a_meta_step_without_the_flag(tmp_path, distribution,
+                                                   version, status):
+  """The guard's inputs as an accelerator image shows them (installed
+  distributions' metadata), in a fresh process that imports metajax and
+  runs a meta-step; the real backend stays the CPU."""
+  info = tmp_path / f"{distribution}-{version}.dist-info"
+  info.mkdir()
+  (info / "METADATA").write_text(
+      f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT, "JAX_PLATFORMS")}
+  env["PYTHONPATH"] = str(ROOT)
+  out = subprocess.run([sys.executable, "-c", _META_STEP, str(tmp_path)],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["status"] == status
+  assert xla_cpu.FLAG not in result["flags"]
+  assert np.isfinite(result["loss"])

@@ -138,7 +138,8 @@ def compare_gradients(config: configs.Config, workdir, *, data_dir=None,
 
 def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
                        progress: bool = True, cache_dir=None,
-                       compare_grads: bool = False) -> dict:
+                       compare_grads: bool = False,
+                       deadline=None) -> dict:
   """Meta-trains ``config.method``, tests it and writes ``results.json``.
 
   Args:
@@ -151,6 +152,10 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       :mod:`metajax.data.datadir`).
     compare_grads: instead of training, compare the meta-gradient
       directions at the run's latest state (:func:`compare_gradients`).
+    deadline: a ``time.time()`` (or a policy, see :func:`metajax.fit`) by
+      which training stops at a checkpoint
+      (:class:`metajax.training.DeadlineReached` is raised, nothing is
+      tested, and rerunning resumes); ``None``: train to the end.
 
   Returns:
     The dict written to ``results.json`` (with ``compare_grads``, to
@@ -183,7 +188,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   checkpoints = workdir_lib.checkpoint_dir(workdir) / cfg.method
   t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
-    run = _Training(cfg, learner, optimizer, log, progress=progress)
+    run = _Training(cfg, learner, optimizer, log, progress=progress,
+                    deadline=deadline)
     comparisons = None
     if cfg.grad_compare_every is not None:
       state, hist, metrics, comparisons = run.fit_comparing(
@@ -310,10 +316,11 @@ def run_budget(cfg: configs.Config, paper_iterations: int | None,
 class _Training:
   """Meta-training of one config: plain, or with early stopping."""
 
-  def __init__(self, cfg, learner, optimizer, log, *, progress: bool):
+  def __init__(self, cfg, learner, optimizer, log, *, progress: bool,
+               deadline=None):
     self.cfg, self.learner, self.optimizer, self.log = (cfg, learner,
                                                         optimizer, log)
-    self.progress = progress
+    self.progress, self.deadline = progress, deadline
 
   def fit(self, train_sampler, num_steps, checkpoint_dir, name,
           metrics=None, state=None):
@@ -327,7 +334,7 @@ class _Training:
         task_map=cfg.task_map, chunk_size=cfg.chunk_size,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=cfg.checkpoint_every, progress=self.progress,
-        desc=name, on_metrics=metrics, state=state)
+        desc=name, on_metrics=metrics, state=state, deadline=self.deadline)
     return state, hist, metrics
 
   def fit_comparing(self, train_sampler, checkpoint_dir):

@@ -28,12 +28,21 @@ import functools
 import io
 
 import numpy as np
-from PIL import Image
 
 #: the PIL modes :func:`decode_image` converts to: grayscale or RGB.
 MODES = ("L", "RGB")
-#: PIL's Lanczos filter, the default for uint8 resizing.
-LANCZOS = Image.Resampling.LANCZOS
+
+
+def _pil():
+  """PIL's ``Image`` module, imported when an image file is decoded: the
+  npz and pickle paths (and accelerator images without Pillow) never need
+  it."""
+  try:
+    from PIL import Image
+  except ImportError as e:
+    raise ImportError("decoding or resizing image files needs Pillow "
+                      "(pip install pillow)") from e
+  return Image
 
 
 def _hw(size) -> tuple[int, int]:
@@ -44,15 +53,17 @@ def _hw(size) -> tuple[int, int]:
   return int(h), int(w)
 
 
-def _pil_resize(im: Image.Image, hw: tuple[int, int], resample) -> Image.Image:
+def _pil_resize(im, hw: tuple[int, int], resample):
   # PIL sizes are (width, height); an image already at size is left untouched
   # so that no filter ever touches pixels that need no resampling.
   h, w = hw
+  if resample is None:
+    resample = _pil().Resampling.LANCZOS
   return im if im.size == (w, h) else im.resize((w, h), resample)
 
 
 def decode_image(data: bytes, where: str, *, mode: str = "L", size=None,
-                 resample=LANCZOS) -> np.ndarray:
+                 resample=None) -> np.ndarray:
   """Decodes an encoded image (PNG, JPEG, GIF, BMP, ...) to uint8 pixels.
 
   Args:
@@ -62,7 +73,7 @@ def decode_image(data: bytes, where: str, *, mode: str = "L", size=None,
       converts palette, bilevel, alpha and 16-bit images.
     size: resize to ``h`` (square) or ``(h, w)`` with the PIL filter
       ``resample``; ``None`` (or the image's own size) keeps the pixels.
-    resample: a ``PIL.Image.Resampling`` filter (default Lanczos).
+    resample: a ``PIL.Image.Resampling`` filter (``None``: Lanczos).
 
   Returns:
     ``(H, W)`` or ``(H, W, 3)`` uint8.
@@ -75,8 +86,9 @@ def decode_image(data: bytes, where: str, *, mode: str = "L", size=None,
   if mode not in MODES:
     raise ValueError(f"unknown image mode {mode!r}; choose from {MODES}")
   hw = None if size is None else _hw(size)
+  image = _pil()  # outside the try: a missing Pillow is no broken file
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with image.open(io.BytesIO(data)) as im:
       im = im.convert(mode)
       if hw is not None:
         im = _pil_resize(im, hw, resample)
@@ -85,7 +97,7 @@ def decode_image(data: bytes, where: str, *, mode: str = "L", size=None,
     raise ValueError(f"{where} is not a readable image ({e})") from e
 
 
-def pil_resize(images: np.ndarray, size, *, resample=LANCZOS) -> np.ndarray:
+def pil_resize(images: np.ndarray, size, *, resample=None) -> np.ndarray:
   """Resizes uint8 ``(N, H, W)`` or ``(N, H, W, 3)`` images with a PIL filter.
 
   The same filter as :func:`decode_image`'s ``size``, for sources that ship
@@ -97,7 +109,7 @@ def pil_resize(images: np.ndarray, size, *, resample=LANCZOS) -> np.ndarray:
   if images.shape[1:3] == hw:
     return images.astype(np.uint8, copy=False)
   return np.stack([
-      np.asarray(_pil_resize(Image.fromarray(np.asarray(x, np.uint8)), hw,
+      np.asarray(_pil_resize(_pil().fromarray(np.asarray(x, np.uint8)), hw,
                              resample)) for x in images])
 
 

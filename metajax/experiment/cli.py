@@ -127,8 +127,9 @@ def run(argv: Sequence[str] | None, *, configs_module,
           "larger budget from the start: " + "; ".join(reasons)))
     extend = ("iterations",)
   try:
-    workdir = workdir_lib.prepare(args.workdir, config_dict, fresh=args.fresh,
-                                  extend=extend)
+    workdir = workdir_lib.prepare(
+        args.workdir, config_dict, fresh=args.fresh, extend=extend,
+        defaults=config_lib.to_dict(type(cfg)()))
   except workdir_lib.WorkdirError as e:
     return fail(e)
   data_dir = None if args.data_dir is None else pathlib.Path(args.data_dir)

@@ -142,7 +142,8 @@ def _clear(path: pathlib.Path) -> None:
 
 
 def prepare(workdir, config_dict: Mapping, *, fresh: bool = False,
-            extend: tuple[str, ...] = ()) -> pathlib.Path:
+            extend: tuple[str, ...] = (),
+            defaults: Mapping | None = None) -> pathlib.Path:
   """Creates or reopens the run folder ``workdir`` for ``config_dict``.
 
   Args:
@@ -154,6 +155,12 @@ def prepare(workdir, config_dict: Mapping, *, fresh: bool = False,
       that may grow: a stored config that differs only by larger values of
       them is replaced by ``config_dict`` and the change appended to
       ``extensions.json``; the caller resumes from the checkpoint.
+    defaults: the config class's defaults (nested like ``config_dict``). A
+      field absent from the stored config whose new value is its default was
+      added to the config class after the run began; such fields are not a
+      mismatch (a field is only ever added with a default that keeps the
+      earlier behaviour). The stored config gains them, and
+      ``extensions.json`` records them under ``"added_with_defaults"``.
 
   Returns:
     ``workdir`` as a path. With an identical stored config the folder is left
@@ -187,14 +194,18 @@ def prepare(workdir, config_dict: Mapping, *, fresh: bool = False,
     keys = config_lib.diff(old, new)
     if not keys:
       return path
-    if extend and _extends(old, new, keys, extend):
+    flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(new)
+    added = _added_with_defaults(flat_old, flat_new, keys, defaults)
+    keys = [k for k in keys if k not in added]
+    if not keys or (extend and _extends(old, new, keys, extend)):
+      entry = {k: {"from": old[k], "to": new[k]} for k in keys}
+      if added:
+        entry["added_with_defaults"] = added
       history = read_extensions(path)
-      history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      **{k: {"from": old[k], "to": new[k]} for k in keys}})
+      history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry})
       write_json_atomic(path / EXTENSIONS_NAME, history)
       write_json_atomic(path / CONFIG_NAME, new, sort_keys=True)
       return path
-    flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(new)
     differences = [(k, flat_old.get(k, ABSENT), flat_new.get(k, ABSENT))
                    for k in keys]
     changes = "; ".join(f"{k}: {_fmt(o)} -> {_fmt(n)}"
@@ -207,6 +218,19 @@ def prepare(workdir, config_dict: Mapping, *, fresh: bool = False,
         "--workdir", differences)
   write_json_atomic(path / CONFIG_NAME, new, sort_keys=True)
   return path
+
+
+def _added_with_defaults(flat_old: dict, flat_new: dict, keys,
+                         defaults: Mapping | None) -> dict:
+  """The differing ``keys`` absent from the stored config and at their
+  default in the new one (fields added after the run began)."""
+  if defaults is None:
+    return {}
+  flat_defaults = config_lib.flatten(
+      json.loads(json.dumps(jsonable(defaults), allow_nan=False)))
+  return {k: flat_new[k] for k in keys
+          if k not in flat_old and k in flat_new and k in flat_defaults
+          and not config_lib.diff({k: flat_new[k]}, {k: flat_defaults[k]})}
 
 
 def _extends(old: dict, new: dict, keys, extend) -> bool:

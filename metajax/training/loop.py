@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Callable
 
 import jax
@@ -43,6 +44,22 @@ from metajax.training.checkpoint import load_checkpoint, save_checkpoint
 
 class NonFiniteLossError(FloatingPointError):
   """The meta-training loss or state became NaN or infinite."""
+
+
+class DeadlineReached(Exception):
+  """:func:`fit` stopped at a checkpoint because its ``deadline`` would pass
+  during the next checkpoint interval; rerunning resumes from ``step``.
+
+  Attributes:
+    step: the meta-step of the checkpoint written last.
+    seconds_per_step: wall time per step over the last interval.
+  """
+
+  def __init__(self, step: int, seconds_per_step: float):
+    super().__init__(f"stopped at the checkpoint of step {step} to keep the "
+                     f"deadline ({seconds_per_step:.3g} s per step)")
+    self.step = step
+    self.seconds_per_step = seconds_per_step
 
 
 MetricsCallback = Callable[[int, dict], None]
@@ -96,6 +113,12 @@ def _compiled_cached(learner, optimizer, sample_tasks, seed, task_map,
   return jax.jit(device_chunk, static_argnums=1), jax.jit(checked_step)
 
 
+def _should_stop(deadline, step: int, per_step: float, ahead: int) -> bool:
+  if hasattr(deadline, "stop"):
+    return bool(deadline.stop(step, per_step, ahead))
+  return time.time() + per_step * ahead > deadline
+
+
 def fit(learner: Learner,
         optimizer: optax.GradientTransformation,
         sample_tasks: Callable[[jax.Array], Task],
@@ -111,7 +134,8 @@ def fit(learner: Learner,
         desc: str = "meta-train",
         state: MetaState | None = None,
         on_metrics: MetricsCallback | None = None,
-        sampler_on_device: bool = True) -> tuple[MetaState, dict]:
+        sampler_on_device: bool = True,
+        deadline=None) -> tuple[MetaState, dict]:
   """Meta-trains ``learner`` for ``num_steps`` steps.
 
   Args:
@@ -137,6 +161,14 @@ def fit(learner: Learner,
       :class:`metajax.experiment.metrics_log.MetricsLog`).
     sampler_on_device: whether ``sample_tasks`` is traced into the compiled
       chunk (fast) or called on the host every step.
+    deadline: a ``time.time()`` by which to stop (needs ``checkpoint_dir``):
+      after each checkpoint, if the next interval, timed like the last one,
+      would end after it, :class:`DeadlineReached` is raised. The run stops
+      only at checkpoints, so a rerun resumes it exactly; the first interval
+      of a call always runs. Or a policy: any object with
+      ``stop(step, seconds_per_step, steps_ahead) -> bool``, asked after each
+      checkpoint (e.g. ``experiments.accelerator``'s, which also stops a
+      run that will not fit its budget).
 
   Returns:
     ``(state, history)``; ``history`` maps each metric name to an array of
@@ -148,9 +180,13 @@ def fit(learner: Learner,
     NonFiniteLossError: naming the first step whose loss or updated
       parameters/optimiser state are NaN or inf; the last checkpoint written
       is the last good one.
+    DeadlineReached: see ``deadline``.
   """
   _check_positive(steps_per_call=steps_per_call,
                   checkpoint_every=checkpoint_every)
+  if deadline is not None and checkpoint_dir is None:
+    raise ValueError("a deadline needs a checkpoint_dir: the run stops at a "
+                     "checkpoint so that it can resume")
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
     raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -187,6 +223,9 @@ def fit(learner: Learner,
     from tqdm.auto import tqdm
     bar = tqdm(total=num_steps, initial=done, desc=desc, dynamic_ncols=True)
   next_ckpt = (done // checkpoint_every + 1) * checkpoint_every
+  # Time per step for a deadline, without the call's first chunk (which
+  # compiles) unless it is all there is.
+  interval_start, interval_steps, first_chunk = time.perf_counter(), 0, True
   try:
     while done < num_steps:
       # Chunks end on checkpoint boundaries so a resume reproduces them.
@@ -215,6 +254,10 @@ def fit(learner: Learner,
       if on_metrics is not None:
         on_metrics(done, {k: np.asarray(v) for k, v in metrics.items()})
       done += n
+      interval_steps += n
+      if first_chunk and done < min(next_ckpt, num_steps):
+        interval_start, interval_steps = time.perf_counter(), 0
+      first_chunk = False
       if bar is not None:
         bar.update(n)
         bar.set_postfix({k: f"{float(np.mean(v)):.4g}"
@@ -223,6 +266,13 @@ def fit(learner: Learner,
         save_checkpoint(checkpoint_dir, state,
                         {k: np.concatenate(v) for k, v in history.items()})
         next_ckpt += checkpoint_every
+        if deadline is not None and done < num_steps:
+          now = time.perf_counter()
+          per_step = (now - interval_start) / interval_steps
+          if _should_stop(deadline, done, per_step,
+                          min(next_ckpt, num_steps) - done):
+            raise DeadlineReached(done, per_step)
+          interval_start, interval_steps = now, 0
   finally:
     if bar is not None:
       bar.close()

@@ -136,3 +136,26 @@ def test_extend_allows_only_a_larger_budget_and_records_it(tmp_path):
   # the same (extended) config resumes without a new record
   W.prepare(tmp_path, {**cfg, "iterations": 30}, extend=("iterations",))
   assert len(W.read_extensions(tmp_path)) == 2
+
+
+def test_fields_added_since_the_run_began_resume_at_their_defaults(tmp_path):
+  stored = {"iterations": 10, "model": {"width": 4}}
+  W.prepare(tmp_path, stored)
+  defaults = {"iterations": 1, "mode": "batch",
+              "model": {"width": 8, "norm": None}}
+  newer = {**stored, "mode": "batch", "model": {"width": 4, "norm": None}}
+  for changed in ({**newer, "mode": "each"},  # not the default
+                  {**newer, "iterations": 20}):  # a budget, not asked
+    with pytest.raises(W.ConfigMismatchError):
+      W.prepare(tmp_path, changed, defaults=defaults)
+  with pytest.raises(W.ConfigMismatchError, match="mode"):
+    W.prepare(tmp_path, newer)  # no defaults given: a mismatch
+  assert W.read_config(tmp_path) == stored
+  W.prepare(tmp_path, {**newer, "iterations": 20}, defaults=defaults,
+            extend=("iterations",))
+  assert W.read_config(tmp_path) == {**newer, "iterations": 20}
+  (entry,) = W.read_extensions(tmp_path)
+  assert entry["iterations"] == {"from": 10, "to": 20}
+  assert entry["added_with_defaults"] == {"mode": "batch", "model.norm": None}
+  W.prepare(tmp_path, {**newer, "iterations": 20}, defaults=defaults)
+  assert len(W.read_extensions(tmp_path)) == 1

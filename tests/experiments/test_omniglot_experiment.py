@@ -99,7 +99,7 @@ def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
 
 
 def test_table_reads_the_committed_results_of_the_earlier_layout():
-  text = train.table(ROOT / "results" / "omniglot_5w1s")
+  text = train.table(ROOT / "results" / "omniglot_5w1s" / "earlier_code")
   rows = text.splitlines()[2:]
   assert len(rows) == len(configs.METHODS)
   maml = ("| maml | 5w1s | 89.33 ± 0.60 | - | - | 10 | 500 | 8 | 600 | 0 | "
@@ -206,7 +206,30 @@ def test_extend_is_refused_where_the_schedule_follows_the_budget(tmp_path):
   assert configs.budget_dependent(config_lib.override(
       configs.tiny(), ["method=reptile", "anneal_iterations=10"])) == []
   assert configs.budget_dependent(config_lib.override(
-      configs.tiny(), ["method=protonet", "val_every=2"]))
+      configs.tiny(), ["method=protonet", "val_every=2"])) == []
+
+
+def test_extend_continues_early_stopping_and_retraining(
+    tmp_path, shared_data_dir, omniglot_cache_dir):
+  stopping = ["--method", "protonet", "--set", "val_every=2", "--set",
+              "patience=5", "--set", "retrain_trainval=true"]
+  straight = _run(tmp_path, shared_data_dir, omniglot_cache_dir, *stopping,
+                  "--workdir", str(tmp_path / "straight"))
+  work = tmp_path / "extended"
+  _run(tmp_path, shared_data_dir, omniglot_cache_dir, *stopping,
+       "--workdir", str(work), "--set", "iterations=2")
+  extended = _run(tmp_path, shared_data_dir, omniglot_cache_dir, *stopping,
+                  "--workdir", str(work), "--extend")
+  assert extended["validation"]["rounds"] == straight["validation"]["rounds"]
+  assert extended["validation"]["retrained_steps"] == (
+      straight["validation"]["retrained_steps"])
+  rows = lambda d: [(r["step"], r["loss"]) for r in metrics_log.read_metrics(
+      d, split="protonet_trainval/train")]
+  assert rows(work) == rows(tmp_path / "straight")
+  assert extended["test"]["mean"] == straight["test"]["mean"]
+  with pytest.raises(SystemExit):  # rounds must end where a longer run's do
+    _run(tmp_path, shared_data_dir, omniglot_cache_dir, *stopping,
+         "--workdir", str(work), "--set", "iterations=5", "--extend")
 
 
 def test_grad_compare_every_tracks_the_directions_during_training(

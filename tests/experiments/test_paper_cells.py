@@ -11,6 +11,7 @@ import pytest
 from experiments.omniglot import configs, main, train
 from metajax import configs as paper_configs
 from metajax.core import masks
+from metajax.experiment import config as config_lib
 from metajax.experiment import metrics_log
 
 PAPER = sorted(n for n in configs.VARIANTS if n.startswith("paper_"))
@@ -105,3 +106,23 @@ def test_named_cell_runs_a_two_step_budget(name, tmp_path, shared_data_dir,
     assert rows and all("accuracy" in row for row in rows)
     png = train.learning_curves(tmp_path)
     assert png.exists() and png.stat().st_size > 1000
+
+
+def test_maml_family_steps_follow_the_network():
+  """The papers' Omniglot step (2.0 on a mean loss) on MAML's network; the
+  shared protocol's conv-4 gets the step measured to learn on it; a set
+  ``inner_lr`` wins either way."""
+  build = lambda variant, sets: configs.build_learner(
+      config_lib.override(configs.VARIANTS[variant](), sets))
+  for method in configs.OTHER_NETWORK_INNER_LR:
+    shared = config_lib.override(configs.default(), [f"method={method}"])
+    assert not configs.paper_network(shared)
+    assert build("default", [f"method={method}"]).inner_lr == (
+        configs.OTHER_NETWORK_INNER_LR[method])
+    assert build("default", [f"method={method}",
+                             "inner_lr=1.5"]).inner_lr == 1.5
+  assert build("paper_maml_5w1s", []).inner_lr == 2.0
+  assert build("paper_maml_5w1s",
+               ["method=anil", "adapt_norm=true"]).inner_lr == 2.0
+  assert build("paper_metasgd_5w1s", []).inner_lr == 2.0
+  assert build("paper_maml_5w1s", ["features=flatten"]).inner_lr == 0.4

@@ -1,4 +1,6 @@
 """Meta-training loop: determinism, exact resume, NaN detection."""
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +43,42 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(hist["loss"], hist_b["loss"])
   assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+class _Policy:
+  """Stops at the second checkpoint; records what :func:`fit` reports."""
+
+  def __init__(self):
+    self.calls = []
+
+  def stop(self, step, seconds_per_step, steps_ahead):
+    self.calls.append((step, steps_ahead))
+    assert seconds_per_step > 0
+    return len(self.calls) == 2
+
+
+def test_deadline_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
+  opt = optax.adam(1e-3)
+  kw = dict(seed=1, steps_per_call=3, progress=False, checkpoint_every=6)
+  full, hist = train.fit(LEARNER, opt, SAMPLE, num_steps=20, **kw)
+  with pytest.raises(train.DeadlineReached) as stopped:
+    train.fit(LEARNER, opt, SAMPLE, num_steps=20, deadline=0.0,  # long past
+              checkpoint_dir=tmp_path / "a", **kw)
+  assert stopped.value.step == 6  # the first interval always runs
+  policy = _Policy()
+  with pytest.raises(train.DeadlineReached) as stopped:
+    train.fit(LEARNER, opt, SAMPLE, num_steps=20, deadline=policy,
+              checkpoint_dir=tmp_path / "a", **kw)
+  assert stopped.value.step == 18 and policy.calls == [(12, 6), (18, 2)]
+  resumed, hist_a = train.fit(LEARNER, opt, SAMPLE, num_steps=20,
+                              deadline=time.time() + 3600,
+                              checkpoint_dir=tmp_path / "a", **kw)
+  for a, b in zip(jax.tree_util.tree_leaves(full),
+                  jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(hist["loss"], hist_a["loss"])
+  with pytest.raises(ValueError, match="checkpoint_dir"):
+    train.fit(LEARNER, opt, SAMPLE, num_steps=2, deadline=0.0, **kw)
 
 
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
