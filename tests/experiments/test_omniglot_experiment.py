@@ -131,8 +131,9 @@ def test_overrides_replace_the_paper_values():
           learner.eval_inner_steps) == (0.1, 2, 3)
   paper = paper_configs.get("maml", "omniglot_5way_1shot").learner
   plain = configs.build_learner(configs.Config())
-  assert (plain.inner_lr, plain.inner_steps) == (paper["inner_lr"],
-                                                paper["inner_steps"])
+  # the paper's step count; its step is for MAML's network, not this one
+  assert (plain.inner_lr, plain.inner_steps) == (
+      configs.OTHER_NETWORK_INNER_LR["maml"], paper["inner_steps"])
   assert plain.model.num_outputs == 5 and plain.model.filters == 32
   proto = configs.build_learner(configs.Config(method="protonet",
                                                train_ways=20))
