@@ -184,17 +184,17 @@ def run(cells, *, minutes: float, out, data_dir=None, cache_dir=None,
 
   def attempt(row, cfg, require_fit):
     workdir = root / row["cell"]
-    earlier = _finished(workdir, cfg)
-    if earlier is not None:
-      row.update(status=EARLIER, **_report(earlier))
-      return
-    workdir_lib.prepare(workdir, config_lib.to_dict(cfg),
-                        defaults=config_lib.to_dict(type(cfg)()))
-    before = steps_done(workdir)
-    policy = CellPolicy(end, max(0, expected_steps(cfg) - before),
-                        require_fit)
+    policy = CellPolicy(end, expected_steps(cfg), require_fit)
     t0 = time.time()
     try:
+      earlier = _finished(workdir, cfg)
+      if earlier is not None:
+        row.update(status=EARLIER, **_report(earlier))
+        return
+      # A folder of another config is a failed cell, not a failed session.
+      workdir_lib.prepare(workdir, config_lib.to_dict(cfg),
+                          defaults=config_lib.to_dict(type(cfg)()))
+      policy.remaining_steps = max(0, expected_steps(cfg) - steps_done(workdir))
       results = train.train_and_evaluate(
           cfg, workdir, data_dir=data_dir, cache_dir=cache_dir,
           progress=False, deadline=policy)

@@ -58,7 +58,7 @@ def test_tiny_session_keeps_its_budget_and_writes_the_summary(
   # only what accelerator images have can be imported.
   script = (f"import sys\nfor m in {OPTIONAL!r}: sys.modules[m] = None\n"
             "from experiments import accelerator\n"
-            f"accelerator.main({args(2, 5, FITS, '--no-partial')!r})")
+            f"accelerator.main({args(5, 5, FITS, '--no-partial')!r})")
   t0 = time.time()
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -89,7 +89,13 @@ def test_tiny_session_keeps_its_budget_and_writes_the_summary(
   assert not (root / row["cell"] / "results.json").exists()
   # Over by at most one checkpoint interval (the reserve is for testing).
   assert elapsed < 60 * minutes + 10
-  again = accelerator.main(args(0.2, 1, FITS))
-  (row,) = again["cells"]
+  # A finished cell is skipped; a folder holding another config fails its
+  # cell, not the session.
+  (root / "tiny_seed_5").mkdir()
+  (root / "tiny_seed_5" / "config.json").write_text('{"seed": 4}')
+  again = accelerator.main(args(0.2, 1, "tiny:seed=5", FITS))
+  mismatch, row = again["cells"]
+  assert mismatch["status"] == accelerator.FAILED
+  assert "seed: 4 -> 5" in mismatch["error"]
   assert row["status"] == accelerator.EARLIER
   assert row["accuracy"] == done["accuracy"]
