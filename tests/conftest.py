@@ -23,6 +23,9 @@ import pytest
 # the XLA:CPU flag that metajax.xla_cpu sets for users.
 import metajax  # noqa: F401
 
+# The persistent compilation cache stays off unless a test is about it.
+os.environ.pop("METAJAX_COMPILE_CACHE", None)
+
 #: the real data's default place: ../shared/data next to the repository root.
 DEFAULT_SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" /
                        "data").resolve()

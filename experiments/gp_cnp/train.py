@@ -87,7 +87,7 @@ def figures(cfg: configs.Config, learner, params, workdir: pathlib.Path
 
 
 def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, devices=None) -> dict:
   """Meta-trains the CNP, tests it, writes ``results.json`` and figures.
 
   Args:
@@ -95,6 +95,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
     workdir: the prepared run folder (see :mod:`metajax.experiment.workdir`).
     data_dir: unused: GP tasks are sampled, not read from files.
     progress: show a progress bar.
+    devices: shard each meta-batch over these devices (see
+      :func:`metajax.fit`; ``None``: one device).
 
   Returns:
     The dict written to ``results.json``.
@@ -115,7 +117,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
         steps_per_call=cfg.steps_per_call,
         checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / METHOD,
         checkpoint_every=cfg.checkpoint_every, progress=progress,
-        desc=METHOD, on_metrics=metrics, sampler_on_device=True)
+        desc=METHOD, on_metrics=metrics, sampler_on_device=True,
+        devices=devices)
     train_s = time.time() - t0
   t0 = time.time()
   result = evaluation.evaluate(
@@ -161,7 +164,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       },
       "eval_seconds": round(eval_s, 1),
       "figures": figures(cfg, learner, state.params, workdir),
-      "run": record.run_info(seed=cfg.seed, started=started,
+      "run": record.run_info(seed=cfg.seed, started=started, devices=devices,
                              finished=time.time()),
   }
   results = workdir_lib.jsonable(results)  # returned as written

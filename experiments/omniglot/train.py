@@ -139,7 +139,7 @@ def compare_gradients(config: configs.Config, workdir, *, data_dir=None,
 def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
                        progress: bool = True, cache_dir=None,
                        compare_grads: bool = False,
-                       deadline=None) -> dict:
+                       deadline=None, devices=None) -> dict:
   """Meta-trains ``config.method``, tests it and writes ``results.json``.
 
   Args:
@@ -156,6 +156,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       which training stops at a checkpoint
       (:class:`metajax.training.DeadlineReached` is raised, nothing is
       tested, and rerunning resumes); ``None``: train to the end.
+    devices: shard each meta-batch over these devices (see
+      :func:`metajax.fit`; ``None``: one device).
 
   Returns:
     The dict written to ``results.json`` (with ``compare_grads``, to
@@ -189,7 +191,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
     run = _Training(cfg, learner, optimizer, log, progress=progress,
-                    deadline=deadline)
+                    deadline=deadline, devices=devices)
     comparisons = None
     if cfg.grad_compare_every is not None:
       state, hist, metrics, comparisons = run.fit_comparing(
@@ -272,7 +274,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       "test": result.to_dict(),
       "eval_seconds": round(eval_s, 1),
       "run": record.run_info(seed=cfg.seed, started=started,
-                             finished=time.time()),
+                             finished=time.time(), devices=devices),
   }
   results = workdir_lib.jsonable(results)  # returned as written
   path = workdir_lib.write_results(workdir, results)
@@ -317,10 +319,10 @@ class _Training:
   """Meta-training of one config: plain, or with early stopping."""
 
   def __init__(self, cfg, learner, optimizer, log, *, progress: bool,
-               deadline=None):
+               deadline=None, devices=None):
     self.cfg, self.learner, self.optimizer, self.log = (cfg, learner,
                                                         optimizer, log)
-    self.progress, self.deadline = progress, deadline
+    self.progress, self.deadline, self.devices = progress, deadline, devices
 
   def fit(self, train_sampler, num_steps, checkpoint_dir, name,
           metrics=None, state=None):
@@ -334,7 +336,8 @@ class _Training:
         task_map=cfg.task_map, chunk_size=cfg.chunk_size,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=cfg.checkpoint_every, progress=self.progress,
-        desc=name, on_metrics=metrics, state=state, deadline=self.deadline)
+        desc=name, on_metrics=metrics, state=state, deadline=self.deadline,
+        devices=self.devices)
     return state, hist, metrics
 
   def fit_comparing(self, train_sampler, checkpoint_dir):

@@ -132,7 +132,7 @@ def figure(path, models_by_k, cfg: configs.Config):
 
 def train_model(cfg: configs.Config, name: str, learner, train_shots: int,
                 workdir: pathlib.Path, log: metrics_log.MetricsLog,
-                progress: bool):
+                progress: bool, devices=None):
   """Trains (or resumes) one model; ``(state, results entry)``."""
   model_id = f"{name}_K{train_shots}"
   iterations = cfg.iterations if name == "maml" else cfg.baseline_iters
@@ -148,7 +148,7 @@ def train_model(cfg: configs.Config, name: str, learner, train_shots: int,
       seed=cfg.seed, steps_per_call=cfg.steps_per_call,
       checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / model_id,
       checkpoint_every=cfg.checkpoint_every, progress=progress,
-      desc=f"{name} (K={train_shots})", on_metrics=metrics)
+      desc=f"{name} (K={train_shots})", on_metrics=metrics, devices=devices)
   entry = {
       "iterations": iterations, "train_shots": train_shots,
       "checkpoint": f"{workdir_lib.CHECKPOINTS}/{model_id}",
@@ -186,7 +186,7 @@ def summary(results: dict) -> str:
 
 
 def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, devices=None) -> dict:
   """Trains MAML and the baseline, evaluates them, writes results and figure.
 
   Args:
@@ -194,6 +194,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
     workdir: the prepared run folder (see :mod:`metajax.experiment.workdir`).
     data_dir: unused: sinusoid tasks are sampled, not read from files.
     progress: show progress bars.
+    devices: shard each meta-batch over these devices (see
+      :func:`metajax.fit`; ``None``: one device).
 
   Returns:
     The dict written to ``results.json``.
@@ -211,7 +213,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
     for name, learner in learners(cfg).items():
       for train_shots, eval_shots in plan:
         state, entry = train_model(cfg, name, learner, train_shots, workdir,
-                                   log, progress)
+                                   log, progress, devices)
         for shots in eval_shots:
           entry["eval"][f"K={shots}"] = evaluate_k(cfg, learner, state.params,
                                                    shots)
@@ -230,7 +232,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
       "paper_k5": PAPER_K5,
       "figure": FIGURE,
       "run": record.run_info(seed=cfg.seed, started=started,
-                             finished=time.time()),
+                             finished=time.time(), devices=devices),
   }
   results = workdir_lib.jsonable(results)  # returned as written
   path = workdir_lib.write_results(workdir, results)

@@ -35,6 +35,7 @@ import optax
 
 from metajax.algorithms.model_learner import ModelLearner
 from metajax.core import inner
+from metajax.core import remat as remat_lib
 from metajax.core.tasks import Task
 
 LEARN_LR = (None, "scalar", "per_param", "per_step_per_tensor")
@@ -59,7 +60,9 @@ class MAML(ModelLearner):
       (Meta-SGD) or ``'per_step_per_tensor'`` (MAML++ LSLR).
     unroll: inner loop unrolled in Python (``True``) or ``lax.scan``
       (``False`` or an unroll factor).
-    remat: rematerialise inner steps in the backward pass (less memory).
+    remat: rematerialise inner steps in the backward pass (less memory, same
+      numbers): ``False``, ``True`` (every step), ``'sqrt'``,
+      ``'every:k'``, ``'conv'`` or a :class:`metajax.core.remat.Remat`.
     pre_metrics_on, ways: see :class:`~metajax.algorithms.model_learner.ModelLearner`
       (keyword-only).
   """
@@ -70,9 +73,10 @@ class MAML(ModelLearner):
   adapt_mask: Any = None
   learn_inner_lr: str | None = None
   unroll: bool | int = True
-  remat: bool = False
+  remat: Any = False
 
   def __post_init__(self):
+    remat_lib.resolve(self.remat)  # a bad schedule is named here
     super().__post_init__()
     if self.learn_inner_lr not in LEARN_LR:
       raise ValueError(

@@ -181,7 +181,7 @@ class Reptile(ModelLearner):
   eval_inner_steps: int | None = 50
   adapt_mask: Any = None
   unroll: bool | int = False
-  remat: bool = False
+  remat: Any = False
   inner_optimizer: Any = "adam"
   inner_batch_size: int | None = 10
   eval_inner_batch_size: int | None = 5

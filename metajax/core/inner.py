@@ -40,9 +40,11 @@ rather than branch on it.
 Scanned or unrolled: ``unroll=True`` writes the steps out in Python (best
 run time for conv nets on XLA CPU, longer compile), ``unroll=False`` uses
 ``lax.scan`` (compile time independent of ``steps``), an integer ``k > 1``
-scans with ``k`` steps unrolled per iteration. ``remat=True`` wraps each step
-in ``jax.checkpoint`` so the backward pass recomputes the inner forward pass
-instead of storing it (same numbers, less memory).
+scans with ``k`` steps unrolled per iteration. ``remat`` wraps segments of
+steps in ``jax.checkpoint`` so the backward pass recomputes the inner forward
+pass instead of storing it (same numbers, less memory): every step
+(``True``), ``sqrt(steps)``-step segments (``'sqrt'``), or any schedule of
+:mod:`metajax.core.remat`.
 
 References:
   Finn et al. 2017, "Model-Agnostic Meta-Learning" (arXiv:1703.03400);
@@ -61,6 +63,7 @@ import numpy as np
 import optax
 
 from metajax.core import masks as masks_lib
+from metajax.core import remat as remat_lib
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -206,7 +209,10 @@ def adapt(loss_fn: LossFn,
       :func:`metajax.core.masks.from_predicate`.
     unroll: ``True`` for a Python-unrolled loop, ``False`` for ``lax.scan``,
       or an ``int`` unroll factor for ``lax.scan``.
-    remat: rematerialise each inner step in the backward pass.
+    remat: rematerialisation of the inner loop in the backward pass:
+      ``False`` (none), ``True`` (every step), ``'sqrt'``, ``'every:k'``,
+      ``'conv'`` or a :class:`metajax.core.remat.Remat` (same numbers, less
+      memory; see :mod:`metajax.core.remat`).
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     return_trajectory: also return the parameters after every step, stacked
       on a leading axis of length ``steps`` (for MAML++'s multi-step loss and
@@ -248,27 +254,15 @@ def adapt(loss_fn: LossFn,
     updates, rule_state = rule.update(grad_fn(adapted, t), rule_state, adapted)
     return optax.apply_updates(adapted, updates), rule_state
 
-  step_fn = jax.checkpoint(step) if remat else step
-
-  def body(carry, t):
-    new = step_fn(carry, t)
-    return new, new[0]
-
   adapted0 = jax.tree_util.tree_unflatten(
       treedef, [l if k else None for l, k in zip(leaves, keep)])
   carry = (adapted0, rule.init(adapted0) if rule_state is None
             else rule_state)
-  if unroll is True or steps == 0:
-    trajectory = []
-    for t in range(steps):
-      carry, out = body(carry, t)
-      trajectory.append(out)
-    trajectory = (jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
-                                         *trajectory)
-                  if trajectory else None)
+  schedule = remat_lib.resolve(remat)
+  if schedule is None or steps == 0:
+    carry, trajectory = _run_steps(step, carry, steps, unroll)
   else:
-    carry, trajectory = jax.lax.scan(body, carry, jnp.arange(steps),
-                                     unroll=max(int(unroll), 1))
+    carry, trajectory = _run_segments(step, carry, steps, unroll, schedule)
   result = combine(carry[0])
   extra = (carry[1],) if return_rule_state else ()
   if not return_trajectory:
@@ -281,6 +275,64 @@ def adapt(loss_fn: LossFn,
         a if k else jnp.broadcast_to(l, (steps,) + np.shape(l))
         for a, l, k in zip(moved, leaves, keep)])
   return (result, trajectory) + extra
+
+
+def _stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _run_steps(step, carry, steps: int, unroll):
+  """``(carry, trajectory)`` after ``steps`` plain steps (unrolled or
+  scanned); the trajectory stacks the adapted parameters of every step."""
+  if unroll is True or steps == 0:
+    trajectory = []
+    for t in range(steps):
+      carry = step(carry, t)
+      trajectory.append(carry[0])
+    return carry, (_stack(trajectory) if trajectory else None)
+
+  def body(carry, t):
+    carry = step(carry, t)
+    return carry, carry[0]
+
+  return jax.lax.scan(body, carry, jnp.arange(steps),
+                      unroll=max(int(unroll), 1))
+
+
+def _run_segments(step, carry, steps: int, unroll, schedule):
+  """:func:`_run_steps` with every segment of ``schedule`` checkpointed
+  (see :mod:`metajax.core.remat`): the backward pass keeps the carry at
+  segment boundaries and recomputes one segment at a time."""
+  length = schedule.segment_length(steps)
+
+  def segment(n):
+    def run(carry, first):
+      outs = []
+      for i in range(n):
+        carry = step(carry, first + i)
+        outs.append(carry[0])
+      return carry, _stack(outs)
+    return schedule.checkpoint(run)
+
+  pieces = []
+  if unroll is True:
+    for first, n in remat_lib.segments(steps, length):
+      carry, outs = segment(n)(carry, first)
+      pieces.append(outs)
+  else:
+    full, rest = divmod(steps, length)
+    if full:
+      carry, outs = jax.lax.scan(segment(length), carry,
+                                 jnp.arange(full) * length,
+                                 unroll=max(int(unroll), 1))
+      pieces.append(jax.tree_util.tree_map(
+          lambda a: a.reshape((full * length,) + a.shape[2:]), outs))
+    if rest:
+      carry, outs = segment(rest)(carry, full * length)
+      pieces.append(outs)
+  trajectory = jax.tree_util.tree_map(
+      lambda *xs: jnp.concatenate(xs), *pieces)
+  return carry, trajectory
 
 
 def init_rule_state(update: UpdateRule, params: Params, mask: Any = None):

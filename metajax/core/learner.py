@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax.core import sharding as sharding_lib
 from metajax.core import task_map as task_map_lib
 from metajax.core.tasks import Task, check_tasks
 
@@ -201,7 +202,8 @@ def init_state(learner: Learner, optimizer: optax.GradientTransformation,
 
 def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
                    *, task_map: str = "vmap", chunk_size: int | None = None,
-                   check: bool = True, donate: bool = False
+                   check: bool = True, donate: bool = False,
+                   devices: sharding_lib.Devices = None
                    ) -> Callable[[MetaState, Task], tuple[MetaState, Metrics]]:
   """One compiled meta-step: mapped meta-gradient plus optimiser update.
 
@@ -214,6 +216,11 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
       running (cheap; catches bad input with a clear ``ValueError``).
     donate: donate the state buffers to the step (saves memory on
       accelerators; the passed-in state must not be used afterwards).
+    devices: shard each task batch over these devices (``None``: one
+      device; an integer ``n``: the first ``n`` devices; ``'all'``; or a
+      sequence of devices): each device maps its share of the tasks with
+      ``task_map`` and the per-device means are averaged across devices
+      (:mod:`metajax.core.sharding`). The meta-batch must split evenly.
 
   Every learner goes through this one function: the meta-iteration
   ``state.step`` is passed to ``learner.meta_grad``, so schedules (MAML++)
@@ -232,11 +239,20 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
         f"unknown task mapping {task_map!r}; choose one of "
         f"{task_map_lib.METHODS}")
 
+  mesh = sharding_lib.task_mesh(devices)
+
+  def meta_grad(params, model_state, iteration, tasks):
+    bound = learner.with_model_state(model_state, training=True)
+    return bound.meta_grad(params, tasks, iteration=iteration,
+                           task_map=task_map, chunk_size=chunk_size)
+
+  if mesh is not None:
+    meta_grad = sharding_lib.mean_over_devices(meta_grad, mesh,
+                                               num_replicated=3)
+
   def step(state: MetaState, tasks: Task):
-    bound = learner.with_model_state(state.model_state, training=True)
-    (_, metrics), grads = bound.meta_grad(
-        state.params, tasks, iteration=state.step, task_map=task_map,
-        chunk_size=chunk_size)
+    (_, metrics), grads = meta_grad(state.params, state.model_state,
+                                    state.step, tasks)
     model_state, metrics = learner.update_model_state(state.model_state,
                                                       metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -248,7 +264,9 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
   def checked_step(state: MetaState, tasks: Task):
     if check:
       learner.check(tasks)
+      sharding_lib.check_divisible(tasks.num_tasks, mesh)
     return jitted(state, tasks)
 
   checked_step.jitted = jitted
+  checked_step.mesh = mesh
   return checked_step

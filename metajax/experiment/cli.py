@@ -14,6 +14,14 @@ one that holds a run of another config) and only then calls
 ``train_and_evaluate(config, workdir, data_dir=..., progress=...)``. Every
 user error surfaces before any work starts, as one ``error:`` line and exit
 status 2, the way argparse reports a bad flag.
+
+Three shared flags are about the machine rather than the experiment, so they
+are not part of the config (a run can resume on another device count):
+``--devices N|all`` is handed to ``train_and_evaluate`` as ``devices=`` and
+shards each meta-batch (:mod:`metajax.core.sharding`; the run record notes
+it); ``--distributed`` calls ``jax.distributed.initialize()`` first;
+``--compile-cache DIR`` (or ``$METAJAX_COMPILE_CACHE``) turns on JAX's
+persistent compilation cache (:mod:`metajax.experiment.runtime`).
 """
 from __future__ import annotations
 
@@ -22,7 +30,9 @@ import json
 import pathlib
 from typing import Any, Callable, Sequence
 
+from metajax.core import sharding as sharding_lib
 from metajax.experiment import config as config_lib
+from metajax.experiment import runtime
 from metajax.experiment import workdir as workdir_lib
 
 
@@ -60,7 +70,38 @@ def make_parser(configs_module, *, default_workdir: str, description: str,
   parser.add_argument(
       "--print-config", action="store_true",
       help="print the resolved config as JSON and exit without running")
+  parser.add_argument(
+      "--devices", default=None, type=_devices_flag, metavar="N|all",
+      help="shard each meta-batch over N devices (or all of them) in one "
+      "program; results equal one device's to float tolerance. On CPU, more "
+      "host devices need XLA_FLAGS=--xla_force_host_platform_device_count=N "
+      "(default: one device)")
+  parser.add_argument(
+      "--distributed", action="store_true",
+      help="call jax.distributed.initialize() first, for one run over "
+      "several processes or hosts (with --devices all); see the README")
+  parser.add_argument(
+      "--compile-cache", default=None, metavar="DIR",
+      help="JAX's persistent compilation cache folder, so a rerun loads its "
+      f"compiled steps (default: ${runtime.CACHE_ENV}, else no cache)")
   return parser
+
+
+def _devices_flag(value: str):
+  if value == "all":
+    return value
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise argparse.ArgumentTypeError(
+        f"expected a positive integer or 'all', got {value!r}")
+  return n
+
+
+#: the shared flags handed to ``train_and_evaluate`` (the rest are used here).
+PASSED_FLAGS = ("devices",)
 
 
 def run(argv: Sequence[str] | None, *, configs_module,
@@ -95,11 +136,13 @@ def run(argv: Sequence[str] | None, *, configs_module,
   """
   parser = make_parser(configs_module, default_workdir=default_workdir,
                        description=description, prog=prog)
-  shared = set(vars(parser.parse_args([])))
+  shared = set(vars(parser.parse_args([]))) - set(PASSED_FLAGS)
   if extra_flags is not None:
     extra_flags(parser)
   args = parser.parse_args(argv)
   extra = {k: v for k, v in vars(args).items() if k not in shared}
+  if args.devices is None:
+    del extra["devices"]  # experiments without the option still run
 
   def fail(error: Exception):
     if raise_errors:
@@ -116,6 +159,18 @@ def run(argv: Sequence[str] | None, *, configs_module,
   if args.print_config:
     print(json.dumps(config_dict, indent=2, sort_keys=True))
     return None
+  # Before the run folder is touched: a bad device count leaves no trace.
+  try:
+    if args.distributed:
+      runtime.initialize_distributed()
+    cache = runtime.compile_cache_dir(args.compile_cache)
+    if cache is not None:
+      runtime.enable_compile_cache(cache)
+    if args.devices is not None:
+      sharding_lib.check_divisible(_meta_batch(cfg), sharding_lib.task_mesh(
+          args.devices))
+  except ValueError as e:
+    return fail(config_lib.ConfigError(str(e)))
   extend = ()
   if args.extend:
     budget_dependent = getattr(configs_module, "budget_dependent", None)
@@ -136,3 +191,13 @@ def run(argv: Sequence[str] | None, *, configs_module,
   return train_and_evaluate(cfg, workdir, data_dir=data_dir,
                             progress=not args.no_progress,
                             **extra)
+
+
+def _meta_batch(cfg) -> int:
+  """The config's tasks per meta-step (``meta_batch``, top level or in a
+  nested learner config); 0 when it has none (nothing to check)."""
+  for holder in (cfg, getattr(cfg, "learner", None)):
+    value = getattr(holder, "meta_batch", None)
+    if isinstance(value, int):
+      return value
+  return 0

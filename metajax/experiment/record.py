@@ -68,13 +68,16 @@ def _no_commit(reason: str) -> dict:
   return {"commit": None, "dirty": None, "reason": reason}
 
 
-def run_info(*, seed, started: float, finished: float) -> dict:
+def run_info(*, seed, started: float, finished: float, devices=None) -> dict:
   """The record of one run, for its ``results.json``.
 
   Args:
     seed: the run's seed (any JSON-able value).
     started: ``time.time()`` when the run started.
     finished: ``time.time()`` when it finished.
+    devices: the ``devices=`` the meta-steps were sharded over (``None``:
+      one device), recorded as ``meta_step_devices``
+      (:func:`metajax.core.sharding.describe`).
 
   Returns:
     Seed, start and finish (UTC ISO 8601) and wall time in seconds; jax and
@@ -84,7 +87,9 @@ def run_info(*, seed, started: float, finished: float) -> dict:
   """
   import jax
   import jaxlib
-  devices = jax.devices()
+
+  from metajax.core import sharding
+  meta_step_devices, devices = devices, jax.devices()
   return {
       "seed": seed,
       "started": _utc(started),
@@ -95,6 +100,7 @@ def run_info(*, seed, started: float, finished: float) -> dict:
       "backend": jax.default_backend(),
       "device_kinds": [d.device_kind for d in devices],
       "device_count": len(devices),
+      "meta_step_devices": sharding.describe(meta_step_devices),
       "python": sys.version.split()[0],
       "machine": machine.describe(),
       "git": git_info(),

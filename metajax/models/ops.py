@@ -91,6 +91,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+
+from metajax.core.remat import CONV_NAME
 
 _DN = ("NHWC", "HWIO", "NHWC")
 #: up to this many input channels, the kernel gradient uses shifted copies
@@ -401,7 +404,9 @@ def conv2d(x: jax.Array, w: jax.Array, padding="SAME", strides=1,
         f"conv2d: kernel {w.shape[:2]} does not fit the padded input "
         f"{x.shape[1:3]} with padding {pads}")
   if impl == "lax":
-    return lax.conv_general_dilated(x, w, st, pads, dimension_numbers=_DN)
+    return checkpoint_name(
+        lax.conv_general_dilated(x, w, st, pads, dimension_numbers=_DN),
+        CONV_NAME)
   # Rows and columns past the last strided window never reach the output:
   # take them off the bottom padding, then off x, so that the three maps see
   # exact geometry (their transposes then have x's shape).
@@ -410,7 +415,8 @@ def conv2d(x: jax.Array, w: jax.Array, padding="SAME", strides=1,
   if cut_h or cut_w:
     pads = ((pt, pb - min(cut_h, pb)), (pl, pr - min(cut_w, pr)))
     x = x[:, :x.shape[1] - max(cut_h - pb, 0), :x.shape[2] - max(cut_w - pr, 0)]
-  return _conv(x, w, pads, st)
+  # Named so that a remat policy can keep it (metajax.core.remat, 'conv').
+  return checkpoint_name(_conv(x, w, pads, st), CONV_NAME)
 
 
 # ---------------------------------------------------------------------------

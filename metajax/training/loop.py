@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax.core import sharding as sharding_lib
 from metajax.core.learner import Learner, MetaState, init_state, make_meta_step
 from metajax.core.tasks import Task
 from metajax.training.checkpoint import load_checkpoint, save_checkpoint
@@ -77,25 +78,27 @@ def _check_positive(**values):
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _compiled(learner, optimizer, sample_tasks, seed, task_map, chunk_size):
+def _compiled(learner, optimizer, sample_tasks, seed, task_map, chunk_size,
+              devices):
   """``(device_chunk, host_step)``: the jitted chunk of meta-steps (tasks
   sampled inside) and the jitted single step, cached per (hashable)
   arguments so that repeated :func:`fit` calls on one run (training in
   rounds, as early stopping does) compile once."""
   try:
     return _compiled_cached(learner, optimizer, sample_tasks, seed, task_map,
-                            chunk_size)
+                            chunk_size, devices)
   except TypeError:  # unhashable arguments: build afresh
     return _compiled_cached.__wrapped__(learner, optimizer, sample_tasks,
-                                        seed, task_map, chunk_size)
+                                        seed, task_map, chunk_size, devices)
 
 
 @functools.lru_cache(maxsize=4)
 def _compiled_cached(learner, optimizer, sample_tasks, seed, task_map,
-                     chunk_size):
+                     chunk_size, devices):
   data_key = jax.random.split(jax.random.PRNGKey(seed))[1]
   step = make_meta_step(learner, optimizer, task_map=task_map,
-                        chunk_size=chunk_size, check=False).jitted
+                        chunk_size=chunk_size, check=False,
+                        devices=devices).jitted
 
   def checked_step(state, tasks):
     state, metrics = step(state, tasks)
@@ -135,7 +138,8 @@ def fit(learner: Learner,
         state: MetaState | None = None,
         on_metrics: MetricsCallback | None = None,
         sampler_on_device: bool = True,
-        deadline=None) -> tuple[MetaState, dict]:
+        deadline=None,
+        devices=None) -> tuple[MetaState, dict]:
   """Meta-trains ``learner`` for ``num_steps`` steps.
 
   Args:
@@ -169,6 +173,10 @@ def fit(learner: Learner,
       ``stop(step, seconds_per_step, steps_ahead) -> bool``, asked after each
       checkpoint (e.g. ``experiments.accelerator``'s, which also stops a
       run that will not fit its budget).
+    devices: shard every task batch over these devices (see
+      :func:`~metajax.make_meta_step`; ``None``: one device). The meta-batch
+      must be a multiple of their number; the history and checkpoints are
+      the same as on one device to float tolerance.
 
   Returns:
     ``(state, history)``; ``history`` maps each metric name to an array of
@@ -192,6 +200,8 @@ def fit(learner: Learner,
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
   example = sample_tasks(jax.random.fold_in(data_key, 0))
   learner.check(example)
+  mesh = sharding_lib.task_mesh(devices)
+  sharding_lib.check_divisible(example.num_tasks, mesh)
   if state is None:
     state = init_state(learner, optimizer, init_key,
                        jax.tree_util.tree_map(lambda a: a[0], example))
@@ -204,8 +214,14 @@ def fit(learner: Learner,
       history = {k: [v] for k, v in hist.items()}
       done = int(state.step)
 
-  device_chunk, host_step = _compiled(learner, optimizer, sample_tasks,
-                                      seed, task_map, chunk_size)
+  if mesh is not None:
+    # Replicated over the mesh up front: in a multi-process run a jitted
+    # program takes only global arrays.
+    state = jax.device_put(state, sharding_lib.replicated(mesh))
+
+  device_chunk, host_step = _compiled(
+      learner, optimizer, sample_tasks, seed, task_map, chunk_size,
+      tuple(devices) if isinstance(devices, list) else devices)
   if sampler_on_device:
     run_chunk = device_chunk
   else:
@@ -276,4 +292,8 @@ def fit(learner: Learner,
   finally:
     if bar is not None:
       bar.close()
+  if mesh is not None:
+    # Back on the default device: evaluation of a replicated state would run
+    # once per device.
+    state = jax.device_put(jax.device_get(state))
   return state, {k: np.concatenate(v) for k, v in history.items()}

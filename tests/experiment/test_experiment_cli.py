@@ -151,3 +151,27 @@ def test_extra_flags_are_passed_on(tmp_path):
   _run(["--plot"], tmp_path, train, extra_flags=extra)
   assert train.calls[0][2] == {"data_dir": None, "progress": True,
                                "plot": True, "eval_only": None}
+
+
+def test_devices_flag_is_passed_on_and_checked_first(tmp_path, capsys):
+  train = Recorder()
+  _run(["--devices", "1"], tmp_path, train)
+  assert train.calls[0][2]["devices"] == 1
+  for argv, message in ((["--devices", "0"], "expected a positive integer"),
+                        (["--devices", "many"], "expected a positive integer"),
+                        (["--devices", "3"], "only 1 cpu device")):
+    train = Recorder()
+    with pytest.raises(SystemExit) as e:
+      _run(argv + ["--workdir", str(tmp_path / "bad")], tmp_path, train)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert train.calls == [] and not (tmp_path / "bad").exists()
+
+
+def test_compile_cache_flag_must_name_a_folder(tmp_path, capsys):
+  not_a_folder = tmp_path / "file"
+  not_a_folder.write_text("x")
+  train = Recorder()
+  with pytest.raises(SystemExit):
+    _run(["--compile-cache", str(not_a_folder)], tmp_path, train)
+  assert "is not a folder" in capsys.readouterr().err
+  assert train.calls == []
