@@ -76,6 +76,8 @@ MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 CONTEXT_METHODS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml")
 #: methods whose meta-gradient directions can be compared during training.
 GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
+#: the resize filters of ``Config.resize`` (``jax.image.resize`` methods).
+RESIZE_METHODS = ("linear", "nearest")
 #: which classes meta-train: the split's training classes, or training and
 #: validation classes together (ProtoNets' final retraining).
 TRAIN_CLASSES = ("train", "trainval")
@@ -97,6 +99,10 @@ class Config:
       :data:`metajax.data.sampler.ROTATIONS` (rotations as new classes by
       default, as ProtoNets).
     image_size: images are resized to ``image_size`` squared.
+    resize: the resize filter, one of :data:`RESIZE_METHODS`: ``'linear'``
+      (antialiased, grey edges) or ``'nearest'`` (binary inputs, as
+      jakesnell/prototypical-networks gets from PIL's default filter on the
+      1-bit PNGs).
     eval_rotation: the test episodes' rotation policy (``None``: as
       ``rotation``; Reptile's code does not rotate test characters).
     filters, blocks, downsample, norm, features: the conv-4 backbone
@@ -162,6 +168,7 @@ class Config:
   rotation: str = "classes"
   eval_rotation: str | None = None
   image_size: int = 28
+  resize: str = "linear"
   filters: int = 32
   blocks: int = 4
   downsample: str = "maxpool"
@@ -257,6 +264,7 @@ class Config:
                           sampler.ROTATIONS)
     common.check_int("blocks", self.blocks, 1)
     common.check_int("image_size", self.image_size, 2 ** self.blocks)
+    common.check_choice("resize", self.resize, RESIZE_METHODS)
     common.check_int("filters", self.filters, 1)
     common.check_choice("downsample", self.downsample, conv4_lib.DOWNSAMPLE)
     common.check_choice("features", self.features, conv4_lib.FEATURES)

@@ -32,9 +32,10 @@ from metajax.experiment import workdir as workdir_lib
 
 
 def load_split(cfg: configs.Config, data_dir, cache_dir=None):
-  """The Omniglot classes at ``cfg.image_size``, split by ``cfg.split``."""
+  """The Omniglot classes at ``cfg.image_size`` (resized with
+  ``cfg.resize``), split by ``cfg.split``."""
   data = omniglot.load_omniglot(data_dir, size=cfg.image_size,
-                                cache_dir=cache_dir)
+                                method=cfg.resize, cache_dir=cache_dir)
   return splits.split_omniglot(data, cfg.split, data_dir=data_dir)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from experiments.omniglot import configs, main, train
@@ -79,6 +80,19 @@ def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
   assert r["protocol"]["backbone"]["features"] == "pool"
 
 
+def test_nearest_resize_gives_binary_inputs(shared_data_dir,
+                                            omniglot_cache_dir):
+  # jakesnell/prototypical-networks: PIL's default filter on 1-bit PNGs
+  cfg = config_lib.override(configs.tiny(), ["resize=nearest"])
+  nearest = train.load_split(cfg, shared_data_dir, omniglot_cache_dir)
+  linear = train.load_split(configs.tiny(), shared_data_dir,
+                            omniglot_cache_dir)
+  pixels = np.asarray(nearest.test.images[:20])
+  assert set(np.unique(pixels)) == {0.0, 1.0}
+  assert np.unique(np.asarray(linear.test.images[:20])).size > 100
+  assert abs(pixels.mean() - float(np.mean(linear.test.images[:20]))) < 0.01
+
+
 def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
   calls = []
   monkeypatch.setattr(train, "train_and_evaluate",
@@ -148,7 +162,7 @@ def test_overrides_replace_the_paper_values():
     (["train_ways=20"], "train_ways"), (["split=omni"], "split"),
     (["rotation=random"], "rotation"), (["filters=0"], "filters"),
     (["downsample=avgpool"], "downsample"), (["norm=batch"], "norm"),
-    (["features=max"], "features"),
+    (["features=max"], "features"), (["resize=bicubic"], "resize"),
     (["image_size=8"], "image_size"), (["inner_lr=-1"], "inner_lr"),
     (["inner_steps=0"], "inner_steps"),
     (["eval_inner_steps=-1"], "eval_inner_steps"),
