@@ -268,5 +268,4 @@ def make_meta_step(learner: Learner, optimizer: optax.GradientTransformation,
     return jitted(state, tasks)
 
   checked_step.jitted = jitted
-  checked_step.mesh = mesh
   return checked_step

@@ -110,11 +110,6 @@ def check_divisible(num_tasks: int, mesh: Mesh | None) -> None:
         "device must hold the same number of tasks for the mean to be exact)")
 
 
-def task_sharding(mesh: Mesh) -> NamedSharding:
-  """The sharding of a task batch over ``mesh``: leading axis split."""
-  return NamedSharding(mesh, PartitionSpec(AXIS))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   """The sharding of a value every device holds in full."""
   return NamedSharding(mesh, PartitionSpec())
