@@ -38,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax.numpy as jnp
+
 from experiments import common
 from metajax import configs as paper_configs
 from metajax.algorithms import model_learner, registry
@@ -78,6 +80,9 @@ CONTEXT_METHODS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml")
 GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
 #: the resize filters of ``Config.resize`` (``jax.image.resize`` methods).
 RESIZE_METHODS = ("linear", "nearest")
+#: ``Config.compute_dtype`` -> the backbone's computation dtype (``None``:
+#: its parameters' float32).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 #: which classes meta-train: the split's training classes, or training and
 #: validation classes together (ProtoNets' final retraining).
 TRAIN_CLASSES = ("train", "trainval")
@@ -113,6 +118,11 @@ class Config:
       (``'pool'``).
     head_init: the head's kernel initialiser (``'normal'``: N(0, 1), as
       cbfinn/maml).
+    compute_dtype: ``'float32'`` or ``'bfloat16'`` (mixed precision: the
+      backbone computes in bfloat16, inner loop included, while parameters,
+      fast weights, batch-norm statistics, losses and meta-gradients stay
+      float32; see :class:`metajax.models.Conv4`'s ``dtype``). For
+      accelerators with bfloat16 units; on CPUs it is slower.
     adapt_norm: whether batch norm's parameters adapt in the inner loop
       (``False``: cbfinn/maml's fast weights, which leave them out).
     eval_query_context: ``'batch'`` (all queries in one call) or
@@ -175,6 +185,7 @@ class Config:
   norm: str = "transductive"
   features: str = "flatten"
   head_init: str = "lecun_normal"
+  compute_dtype: str = "float32"
   adapt_norm: bool = True
   eval_query_context: str = "batch"
   inner_lr: float | None = None
@@ -265,6 +276,8 @@ class Config:
     common.check_int("blocks", self.blocks, 1)
     common.check_int("image_size", self.image_size, 2 ** self.blocks)
     common.check_choice("resize", self.resize, RESIZE_METHODS)
+    common.check_choice("compute_dtype", self.compute_dtype,
+                        tuple(COMPUTE_DTYPES))
     common.check_int("filters", self.filters, 1)
     common.check_choice("downsample", self.downsample, conv4_lib.DOWNSAMPLE)
     common.check_choice("features", self.features, conv4_lib.FEATURES)
@@ -389,7 +402,8 @@ def backbone(cfg: Config) -> Conv4:
   return Conv4(num_outputs=cfg.ways if cfg.method in HEAD_METHODS else None,
                filters=cfg.filters, blocks=cfg.blocks,
                downsample=cfg.downsample, norm=cfg.norm,
-               features=cfg.features, head_init=cfg.head_init)
+               features=cfg.features, head_init=cfg.head_init,
+               dtype=COMPUTE_DTYPES[cfg.compute_dtype])
 
 
 def paper_network(cfg: Config) -> bool:

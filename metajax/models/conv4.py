@@ -10,6 +10,8 @@ gives 32 * 5 * 5 = 800.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 
 from metajax.models.layers import Conv, NormReluMaxPool, norm_layer
@@ -44,6 +46,12 @@ class Conv4(nn.Module):
     head_init: the head kernel's initialiser, one of :data:`HEAD_INITS`:
       ``'lecun_normal'`` (flax's default) or ``'normal'`` (N(0, 1), as
       cbfinn/maml's ``tf.random_normal`` head); biases start at zero.
+    dtype: the computation's dtype; ``None`` (default): the input's. With
+      ``jnp.bfloat16`` convolutions, pooling and the head run in bfloat16
+      while the parameters stay in the input's dtype (float32): each layer
+      casts its weights when applied, so gradients, inner-loop updates and
+      meta-gradients are float32; batch-norm statistics are taken in
+      float32 and the outputs are returned in the input's dtype.
   """
   num_outputs: int | None = 5
   filters: int = 64
@@ -52,6 +60,7 @@ class Conv4(nn.Module):
   norm: str = "transductive"
   features: str = "flatten"
   head_init: str = "lecun_normal"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -72,17 +81,26 @@ class Conv4(nn.Module):
       raise ValueError(
           f"{x.shape[1]}x{x.shape[2]} inputs are too small for {self.blocks} "
           f"downsampling blocks (need at least {2 ** self.blocks} pixels a side)")
+    # Mixed precision: parameters in the input's dtype, compute in dtype.
+    param_dtype = None if self.dtype is None else x.dtype
+    x = x if self.dtype is None else x.astype(self.dtype)
     for i in range(self.blocks):
       if self.downsample == "maxpool":
         # Norm and ReLU after the pool: same values, 4x smaller tensors.
-        y, b = Conv(self.filters, 3, name=f"conv{i}")(x, split_bias=True)
-        x = NormReluMaxPool(self.norm, 2, name=f"norm{i}")(y, b)
+        y, b = Conv(self.filters, 3, param_dtype=param_dtype,
+                    name=f"conv{i}")(x, split_bias=True)
+        x = NormReluMaxPool(self.norm, 2, param_dtype=param_dtype,
+                            name=f"norm{i}")(y, b)
       else:
-        x = Conv(self.filters, 3, strides=2, name=f"conv{i}")(x)
-        x = nn.relu(norm_layer(self.norm, name=f"norm{i}")(x))
+        x = Conv(self.filters, 3, strides=2, param_dtype=param_dtype,
+                 name=f"conv{i}")(x)
+        x = nn.relu(norm_layer(self.norm, name=f"norm{i}",
+                               param_dtype=param_dtype)(x))
     x = (x.reshape(x.shape[0], -1) if self.features == "flatten"
          else x.mean(axis=(1, 2)))
-    if self.num_outputs is None:
-      return x
-    return nn.Dense(self.num_outputs, kernel_init=HEAD_INITS[self.head_init],
-                    name="head")(x)
+    if self.num_outputs is not None:
+      mixed = {} if self.dtype is None else {"dtype": self.dtype,
+                                             "param_dtype": param_dtype}
+      x = nn.Dense(self.num_outputs, kernel_init=HEAD_INITS[self.head_init],
+                   name="head", **mixed)(x)
+    return x if param_dtype is None else x.astype(param_dtype)

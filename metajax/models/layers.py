@@ -22,6 +22,10 @@ class Conv(nn.Module):
     padding: ``'SAME'`` or ``'VALID'``.
     use_bias: add a bias (redundant before batch norm, kept for parity with
       the PyTorch reference).
+    dtype: the computation's dtype (e.g. ``jnp.bfloat16``); ``None``: the
+      input's. Kernel and bias are cast to it when applied, so their
+      gradients come back in their own dtype.
+    param_dtype: the parameters' dtype; ``None``: the input's.
   """
   features: int
   kernel_size: int = 3
@@ -29,6 +33,8 @@ class Conv(nn.Module):
   padding: str = "SAME"
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = None
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, x, *, split_bias: bool = False):
@@ -39,10 +45,13 @@ class Conv(nn.Module):
     :class:`NormReluMaxPool` that adds it to the 4x smaller pooled tensor.
     """
     k = self.kernel_size
+    param_dtype = self.param_dtype or x.dtype
+    dtype = self.dtype or x.dtype
     w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                   x.dtype)
-    y = ops.conv2d(x, w, self.padding, self.strides)
-    bias = (self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
+                   param_dtype)
+    y = ops.conv2d(x.astype(dtype), w.astype(dtype), self.padding, self.strides)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,),
+                       param_dtype).astype(dtype)
             if self.use_bias else None)
     if split_bias:
       return y, bias
@@ -84,11 +93,14 @@ def _check_norm(norm: str) -> None:
 
 
 def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
-                   shift=None):
+                   shift=None, param_dtype=None):
   """``(mean, scale / std, bias, scale)`` of policy ``norm`` for ``y + shift``.
 
   ``shift`` (a per-channel conv bias not yet added to ``y``, or ``None``)
   enters the mean only: the variance of ``y + shift`` is that of ``y``.
+  Parameters, running statistics and the returned quantities are in
+  ``param_dtype`` (``None``: ``y``'s); with a lower-precision ``y`` (bfloat16
+  compute) the moments are taken in ``param_dtype``.
 
   Called inside ``module``'s compact ``__call__``, so parameters and running
   statistics are the module's own. Under ``'running'``:
@@ -102,11 +114,13 @@ def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
     into its running averages (``Learner.update_model_state``).
   """
   c = y.shape[-1]
-  bias = module.param("bias", nn.initializers.zeros, (c,), y.dtype)
+  param_dtype = param_dtype or y.dtype
+  y = y.astype(jnp.promote_types(y.dtype, param_dtype))
+  bias = module.param("bias", nn.initializers.zeros, (c,), param_dtype)
   if norm == "maml":
     scale, epsilon = None, MAML_EPSILON
   else:
-    scale = module.param("scale", nn.initializers.ones, (c,), y.dtype)
+    scale = module.param("scale", nn.initializers.ones, (c,), param_dtype)
   evaluating = (norm == "running"
                 and module.has_variable(BATCH_STATS, "mean")
                 and not module.is_mutable_collection(BATCH_STATS))
@@ -144,17 +158,22 @@ class BatchNorm(nn.Module):
     weights; with metajax's learners, pass
     :func:`metajax.core.masks.exclude_norm` as the adapt mask.
   * ``'none'``: identity.
+
+  ``param_dtype`` (``None``: the input's) holds the parameters and the
+  statistics; the output keeps the input's dtype.
   """
   norm: str = "transductive"
   epsilon: float = 1e-5
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     _check_norm(self.norm)
     if self.norm == "none":
       return x
-    mean, mult, bias, _ = _normalisation(self, x, self.norm, self.epsilon)
-    return (x - mean) * mult + bias
+    mean, mult, bias, _ = _normalisation(self, x, self.norm, self.epsilon,
+                                         param_dtype=self.param_dtype)
+    return ((x - mean) * mult + bias).astype(x.dtype)
 
 
 class TransductiveBatchNorm(BatchNorm):
@@ -194,10 +213,13 @@ class NormReluMaxPool(nn.Module):
       averages) or ``'none'``.
     window: max-pool window and stride.
     epsilon: added to the variance.
+    param_dtype: dtype of the parameters and statistics (``None``: ``y``'s);
+      the output keeps ``y``'s dtype.
   """
   norm: str = "transductive"
   window: int = 2
   epsilon: float = 1e-5
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, y, conv_bias=None):
@@ -208,7 +230,8 @@ class NormReluMaxPool(nn.Module):
       p = ops.max_pool(y, self.window)
       return nn.relu(p if conv_bias is None else p + conv_bias)
     mean, mult, bias, scale = _normalisation(self, y, self.norm, self.epsilon,
-                                             shift=conv_bias)
+                                             shift=conv_bias,
+                                             param_dtype=self.param_dtype)
     if scale is None:
       m = ops.max_pool(y, self.window)
     else:
@@ -220,12 +243,12 @@ class NormReluMaxPool(nn.Module):
       # gradient. Running means are stored with the bias included, as in
       # the unfused order, so in evaluation it cancels only approximately.
       m = m + conv_bias
-    return nn.relu((m - mean) * mult + bias)
+    return nn.relu((m - mean) * mult + bias).astype(y.dtype)
 
 
-def norm_layer(norm: str, name: str | None = None):
+def norm_layer(norm: str, name: str | None = None, param_dtype=None):
   """The normalisation layer for a policy name (:data:`NORMS`)."""
   _check_norm(norm)
   if norm == "none":
     return lambda x: x
-  return BatchNorm(norm, name=name)
+  return BatchNorm(norm, name=name, param_dtype=param_dtype)

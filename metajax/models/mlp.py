@@ -20,14 +20,21 @@ class MLP(nn.Module):
     activation: nonlinearity after each hidden layer.
     kernel_init: weight initialiser (flax's LeCun normal by default;
       :data:`MAML_INIT` is cbfinn/maml's truncated normal with sd 0.01).
+    dtype: the computation's dtype (``None``: flax's default); the
+      parameters stay float32 and the outputs come back in the input's dtype.
   """
   hidden: Sequence[int] = (40, 40)
   num_outputs: int = 1
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    out_dtype = x.dtype
     for i, width in enumerate(self.hidden):
-      x = self.activation(nn.Dense(width, kernel_init=self.kernel_init, name=f"dense{i}")(x))
-    return nn.Dense(self.num_outputs, kernel_init=self.kernel_init, name="head")(x)
+      x = self.activation(nn.Dense(width, kernel_init=self.kernel_init,
+                                   dtype=self.dtype, name=f"dense{i}")(x))
+    y = nn.Dense(self.num_outputs, kernel_init=self.kernel_init,
+                 dtype=self.dtype, name="head")(x)
+    return y if self.dtype is None else y.astype(out_dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -67,7 +68,7 @@ def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
            "--method", "protonet", "--workdir", str(out),
            "--set", "train_ways=7", "--set", "train_shots=2",
            "--set", "train_queries=3", "--set", "downsample=stride",
-           "--set", "features=pool")
+           "--set", "features=pool", "--set", "compute_dtype=bfloat16")
   train_sampler = r["protocol"]["train_sampler"]
   assert (train_sampler["ways"], train_sampler["shots"],
           train_sampler["queries"]) == (7, 2, 3)
@@ -78,6 +79,11 @@ def test_train_episodes_and_backbone_options(tmp_path, shared_data_dir,
   assert r["protocol"]["backbone"]["downsample"] == "stride"
   assert "downsample = 'stride'" in r["learner"]["model"]
   assert r["protocol"]["backbone"]["features"] == "pool"
+  assert r["protocol"]["backbone"]["compute_dtype"] == "bfloat16"
+  cfg = config_lib.override(configs.tiny(), ["compute_dtype=bfloat16"])
+  assert configs.backbone(cfg).dtype == jnp.bfloat16
+  assert configs.backbone(configs.tiny()).dtype is None
+  assert np.isfinite(r["test"]["mean"])
 
 
 def test_nearest_resize_gives_binary_inputs(shared_data_dir,
@@ -163,6 +169,7 @@ def test_overrides_replace_the_paper_values():
     (["rotation=random"], "rotation"), (["filters=0"], "filters"),
     (["downsample=avgpool"], "downsample"), (["norm=batch"], "norm"),
     (["features=max"], "features"), (["resize=bicubic"], "resize"),
+    (["compute_dtype=float16"], "compute_dtype"),
     (["image_size=8"], "image_size"), (["inner_lr=-1"], "inner_lr"),
     (["inner_steps=0"], "inner_steps"),
     (["eval_inner_steps=-1"], "eval_inner_steps"),
