@@ -21,8 +21,9 @@ LEARNERS = frozenset({"MAML", "MAMLPlusPlus", "Reptile", "IMAML", "ProtoNet",
                       "EmbeddingLearner"})
 #: the learner-agnostic packages (the meta-step, inner loop, training loop).
 GENERIC = ("core", "training")
-#: test folders that mirror no package: entry points and documentation.
-EXTRA_TEST_FOLDERS = frozenset({"experiments", "docs"})
+#: test folders that mirror no package: entry points, benchmark scripts and
+#: documentation.
+EXTRA_TEST_FOLDERS = frozenset({"experiments", "benchmarks", "docs"})
 TOP_LEVEL_TESTS = frozenset({"test_xla_cpu.py", "test_layout.py"})
 
 
