@@ -14,6 +14,11 @@ share one numerator. With ``--torch``, the reference harness
 right after each JAX workload in the same session, and the JSON records the
 same-run ratio torch_ms / jax_ms (> 1: metajax is faster). The reference's own
 code is run, never copied.
+
+Workloads come from the harness's ``configs.json`` and from this folder's
+``workloads.json`` (84x84x3 mini-ImageNet shapes, e.g. ``--configs
+mini5w1s_maml2 mini5w5s_maml2``). The harness runs those through its own
+command line with its ``load_configs`` pointed at a merged copy of both files.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT))  # this checkout's metajax, also for the scripts importing this one
+sys.path.insert(0, str(ROOT / "benchmarks"))
 MAML_CONFIGS = ("sine_maml2", "sine_maml1", "omni5w1s_maml2", "omni5w1s_maml1",
                 "omni20w1s_maml2", "omni20w1s_maml1")
 
@@ -59,6 +65,7 @@ from metajax.models import MLP, Conv4
 
 cfg = json.loads(sys.argv[1]); max_steps = int(sys.argv[2]); task_map = sys.argv[3]
 key = jax.random.PRNGKey(0)
+channels, height, width = cfg["model"].get("in_shape", (1, 28, 28))
 if cfg["task"] == "sinusoid":
   model = MLP(tuple(cfg["model"]["sizes"][1:-1]), 1)
   tasks = sinusoid.sample_tasks(key, cfg["meta_batch"], cfg["support"], cfg["query"])
@@ -68,8 +75,8 @@ else:
   model = Conv4(w, filters=cfg["model"]["hidden"])
   k1, k2 = jax.random.split(key)
   lab = lambda n: jnp.tile(jnp.repeat(jnp.arange(w, dtype=jnp.int32), n), (t, 1))
-  tasks = mj.Task(jax.random.normal(k1, (t, w * k, 28, 28, 1)), lab(k),
-                  jax.random.normal(k2, (t, w * q, 28, 28, 1)), lab(q))
+  tasks = mj.Task(jax.random.normal(k1, (t, w * k, height, width, channels)), lab(k),
+                  jax.random.normal(k2, (t, w * q, height, width, channels)), lab(q))
   loss = "cross_entropy"
 learner = mj.MAML(model, loss=loss, inner_steps=cfg["inner_steps"],
                   inner_lr=cfg["inner_lr"], first_order=cfg["order"] == 1)
@@ -116,13 +123,42 @@ def record(results: dict, name: str, entry: dict, out: str) -> None:
   pathlib.Path(out).write_text(json.dumps(results, indent=2))
 
 
+#: Runs the harness's command line with its ``load_configs`` reading the merged
+#: workload file given as the first argument (its own code, our shapes).
+TORCH_DRIVER = r'''
+import sys
+merged = sys.argv.pop(1)
+sys.path.insert(0, sys.argv.pop(1))
+import torch_ref
+read = torch_ref.load_configs
+torch_ref.load_configs = lambda path=None: read(merged)
+sys.exit(torch_ref.main())
+'''
+#: the harness's ``--malloc-tune`` settings, given in the environment (the
+#: harness re-executes itself to set them, which a ``-c`` driver cannot).
+MALLOC_TUNE_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432",
+                   "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+
+
+def load_specs() -> dict:
+  """The harness's workloads and ``workloads.json``'s, in the harness's schema."""
+  from gpu import load_workloads
+  specs = load_workloads(BENCH / "torch_ref.py")
+  raw = json.loads((BENCH / "configs.json").read_text())
+  return {"defaults": raw["defaults"], "configs": specs["configs"], "matrix": specs["matrix"]}
+
+
 def run_torch(python: str, name: str, impl: str, max_steps: int) -> dict:
   with tempfile.TemporaryDirectory() as d:
-    res = pathlib.Path(d) / "r.json"
-    out = subprocess.run([python, str(BENCH / "torch_ref.py"), "--config", name, "--impl", impl,
-                          "--malloc-tune", "--results", str(res), "--max-steps", str(max_steps),
-                          "--min-steps", str(min(3, max_steps))],
-                         capture_output=True, text=True, cwd=ROOT)
+    res, merged = pathlib.Path(d) / "r.json", pathlib.Path(d) / "configs.json"
+    specs = load_specs()
+    merged.write_text(json.dumps({**specs, "configs": {
+        k: {f: v for f, v in c.items() if f != "name"} for k, c in specs["configs"].items()}}))
+    out = subprocess.run([python, "-c", TORCH_DRIVER, str(merged), str(BENCH), "--config", name,
+                          "--impl", impl, "--malloc-tune", "--results", str(res),
+                          "--max-steps", str(max_steps), "--min-steps", str(min(3, max_steps))],
+                         capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, **MALLOC_TUNE_ENV})
     if out.returncode:
       return {"error": out.stderr[-2000:]}
     runs = json.loads(res.read_text())["runs"]
@@ -140,7 +176,7 @@ def main(argv=None):
                  help="run metajax without its XLA:CPU flag (METAJAX_XLA_CPU_DEFAULTS=0)")
   args = p.parse_args(argv)
   from metajax.experiment import machine
-  bench_spec = json.loads((BENCH / "configs.json").read_text())
+  bench_spec = load_specs()
   configs, matrix = bench_spec["configs"], bench_spec["matrix"]
   ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
@@ -160,6 +196,12 @@ def main(argv=None):
       if "omni20" in name:
         impls = [i for i in impls if i != "vmap"]  # 30-60 s a step, 14-18 GiB
       entry["torch"] = {i: run_torch(args.torch, name, i, steps) for i in impls}
+      if not gflop:  # a workload of ours: the same-run harness's own count
+        gflop = next((r["gflop_per_step"] for r in entry["torch"].values()
+                      if r.get("gflop_per_step")), None)
+        entry["gflop_per_step_torch"] = gflop
+        if gflop:
+          entry["jax"]["gflops"] = gflop / (entry["jax"]["median_ms"] / 1e3)
     record(results, name, entry, args.out)
 
 

@@ -19,9 +19,11 @@ dimension numbers that XLA:CPU runs many times slower (measured 10-60x for
 the kernel gradient, worst inside loops). Implementations (measured on a
 2-core AVX-512 CPU, conv-4 MAML shapes):
 
-* kernel gradient with few input channels: one ``dot_general`` of the
-  ``kh * kw * Cin`` shifted copies with ``dy`` (4x faster), unchunked;
-* forward pass with few input channels: a sum of ``kh * kw * Cin``
+* kernel gradient with one input channel (:data:`KERNEL_GRAD_SMALL_CIN`):
+  one ``dot_general`` of the ``kh * kw`` shifted copies with ``dy`` (4x
+  faster), unchunked;
+* forward pass with up to 3 input channels (:data:`SMALL_CIN`): a sum of
+  ``kh * kw * Cin``
   broadcast products, one elementwise fusion (0.5-0.9 ms against 2.7-3.1 ms
   for ``lax.conv_general_dilated`` on 75 x 28 x 28 x 1 -> 64; see
   ``benchmarks/README.md``);
@@ -96,12 +98,20 @@ from jax.ad_checkpoint import checkpoint_name
 from metajax.core.remat import CONV_NAME
 
 _DN = ("NHWC", "HWIO", "NHWC")
-#: up to this many input channels, the kernel gradient uses shifted copies
-#: instead of a convolution.
+#: up to this many input channels, the forward pass is a sum of broadcast
+#: products instead of a convolution (80 x 84 x 84 x 3 -> 32: 31 against
+#: 46 ms).
 SMALL_CIN = 3
+#: up to this many input channels, the kernel gradient uses shifted copies
+#: instead of a convolution (at 100 x 28 x 28 x 1 -> 64, 4x faster; at
+#: 80 x 84 x 84 x 3 -> 32 the convolution is faster, 42-52 against 72-87 ms).
+KERNEL_GRAD_SMALL_CIN = 1
 #: kernel-gradient convolutions are split into batch chunks with at most this
-#: many output positions (N * H' * W') each; ``0`` disables chunking.
-KERNEL_GRAD_POSITIONS = 5000
+#: many output positions (N * H' * W') each; ``0`` disables chunking. 5000
+#: was right under YNN; with XLA's own kernels (:mod:`metajax.xla_cpu`) small
+#: chunks cost up to 1.5x at 84 x 84 (80 x 42 x 42 x 32: 60-71 ms at 5000,
+#: 41-42 ms at 20000) and made no measurable difference at 28 x 28.
+KERNEL_GRAD_POSITIONS = 20000
 #: strided input gradients are split likewise, by ``N * H' * W'`` of the
 #: cotangent (stride 1 is not split).
 INPUT_GRAD_POSITIONS = 5000
@@ -243,7 +253,7 @@ def _input_grad(dy, w, pads, strides=(1, 1)):
 def _kernel_grad_chunk(x, dy, pads, kernel_hw, strides=(1, 1)):
   kh, kw = kernel_hw
   cin = x.shape[-1]
-  if cin <= SMALL_CIN:
+  if cin <= KERNEL_GRAD_SMALL_CIN:
     xp = _pad_hw(x, pads)
     patches = jnp.concatenate(
         _shifted(xp, kh, kw, dy.shape[1], dy.shape[2], strides), axis=-1)
@@ -263,7 +273,7 @@ def _kernel_grad_chunk(x, dy, pads, kernel_hw, strides=(1, 1)):
 def _kernel_grad(x, dy, pads, kernel_hw, strides=(1, 1)):
   n = x.shape[0]
   positions = dy.shape[1] * dy.shape[2]
-  if (x.shape[-1] <= SMALL_CIN or not KERNEL_GRAD_POSITIONS
+  if (x.shape[-1] <= KERNEL_GRAD_SMALL_CIN or not KERNEL_GRAD_POSITIONS
       or n * positions <= KERNEL_GRAD_POSITIONS):
     return _kernel_grad_chunk(x, dy, pads, kernel_hw, strides)
   chunks = -(-n * positions // KERNEL_GRAD_POSITIONS)

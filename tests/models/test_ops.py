@@ -34,7 +34,8 @@ def _arrays(seed, *shapes):
 
 
 PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((3, 2), (0, 3))]
-# (Cin, kernel): Cin <= SMALL_CIN takes the shifted-copy paths, larger the
+# (Cin, kernel): Cin <= SMALL_CIN takes the broadcast-product forward and
+# Cin <= KERNEL_GRAD_SMALL_CIN the shifted-copy kernel gradient, larger the
 # convolution paths; a non-square kernel checks the (kh, kw) bookkeeping.
 SHAPES = [(1, (3, 3)), (3, (3, 2)), (6, (3, 3)), (4, (2, 3))]
 # Each padding with each path, without the full cross product (compile time):
