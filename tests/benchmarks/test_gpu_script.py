@@ -76,3 +76,14 @@ def test_unknown_workload_is_refused(tmp_path, capsys):
     gpu.main(["--out", str(tmp_path / "r.json"), "--only", "omni1w1s",
               "--accuracy-cell", "none", "--no-torch"])
   assert "unknown workloads" in capsys.readouterr().err
+
+
+def test_auto_conv_impl_probes_both_and_keeps_the_faster(tmp_path):
+  out = tmp_path / "results.json"
+  gpu.main(["--out", str(out), "--minutes", "5", "--only", "omni5w5s_proto",
+            "--conv-impl", "auto", "--accuracy-cell", "none", "--no-torch", *TINY])
+  saved = json.loads(out.read_text())
+  assert set(saved["runs"]["omni5w5s_proto"]["jax"]) == {
+      "f32_custom", "bf16_custom", "f32_lax", "bf16_lax"}
+  probe = saved["conv_impl"]["probe_ms"]
+  assert saved["conv_impl"]["chosen"] == min(probe, key=probe.get)
