@@ -104,16 +104,14 @@ def run(cfg, impls, budget_s, max_steps, peak_n):
         torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
       with torch.device(dev):
         runner = ref.make_runner(cfg, impl)
-      sync(); t0 = time.perf_counter(); runner.step(batches[0]); sync()
-      first = time.perf_counter() - t0
-      times, start = [], time.perf_counter()
-      while len(times) < max_steps and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter(); loss = runner.step(batches[len(times) % 2]); sync()
-        times.append(time.perf_counter() - t0)
+      def step(batch):
+        loss = runner.step(batch); sync(); return loss
+      warm, times, loss = ref.time_steps(step, batches, 1, max_steps, 3, budget_s)
+      first = warm[0]
       ms = sorted(t * 1e3 for t in times)
       out[impl] = {"first_step_s": first, "median_ms": statistics.median(ms),
                    "p25_ms": ms[len(ms) // 4], "p75_ms": ms[(3 * len(ms)) // 4],
-                   "steps_timed": len(ms), "last_loss": float(loss),
+                   "steps_timed": len(ms), "last_loss": loss,
                    "peak_memory_mib": (torch.cuda.max_memory_allocated() / 2 ** 20
                                        if dev == "cuda" else None)}
       del runner
@@ -192,7 +190,8 @@ def load_workloads(torch_ref: pathlib.Path) -> dict:
   return {"configs": configs, "matrix": matrix}
 
 
-def _tasks(cfg):
+def workload_tasks(cfg):
+  """Random tasks of workload ``cfg`` (NHWC images, class-major labels)."""
   import jax
   import jax.numpy as jnp
 
@@ -210,7 +209,8 @@ def _tasks(cfg):
                  jax.random.normal(k2, (t, n * q, h, w, c)), lab(q))
 
 
-def _learner(cfg, dtype):
+def workload_learner(cfg, dtype=None):
+  """metajax's learner for workload ``cfg``, computing in ``dtype``."""
   import metajax as mj
   from metajax.models import MLP, Conv4
   if cfg["task"] == "sinusoid":
@@ -236,8 +236,8 @@ def time_jax(cfg, dtype_name: str, conv_impl: str, budget_s: float, max_steps: i
   from metajax.models import ops
   ops.IMPL = conv_impl
   dtype = None if dtype_name == "float32" else getattr(jnp, dtype_name)
-  tasks = _tasks(cfg)
-  learner = _learner(cfg, dtype)
+  tasks = workload_tasks(cfg)
+  learner = workload_learner(cfg, dtype)
   opt = optax.adam(cfg["outer_opt"]["lr"])
   state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.task_slice(tasks, 0))
   step = mj.make_meta_step(learner, opt, task_map="vmap", check=False)
@@ -336,11 +336,9 @@ def check_accuracy_data(cell: str, data_dir) -> None:
 
 
 def _last_train_loss(workdir):
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return None
-  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-  losses = [r["loss"] for r in rows if r.get("split", "").endswith("train") and "loss" in r]
+  from metajax.experiment import metrics_log
+  losses = [r["loss"] for r in metrics_log.read_metrics(workdir)
+            if r.get("split", "").endswith("train") and "loss" in r]
   return statistics.mean(losses[-50:]) if losses else None
 
 

@@ -58,28 +58,13 @@ print(json.dumps({"first_step_s": first, "median_ms": float(np.median(ms)),
 
 CHILD = r'''
 import json, os, resource, sys, time
+sys.path.insert(0, "benchmarks")
 import metajax as mj
-import jax, jax.numpy as jnp, numpy as np, optax
-from metajax.data import sinusoid
-from metajax.models import MLP, Conv4
+import jax, numpy as np, optax
+from gpu import workload_learner, workload_tasks
 
 cfg = json.loads(sys.argv[1]); max_steps = int(sys.argv[2]); task_map = sys.argv[3]
-key = jax.random.PRNGKey(0)
-channels, height, width = cfg["model"].get("in_shape", (1, 28, 28))
-if cfg["task"] == "sinusoid":
-  model = MLP(tuple(cfg["model"]["sizes"][1:-1]), 1)
-  tasks = sinusoid.sample_tasks(key, cfg["meta_batch"], cfg["support"], cfg["query"])
-  loss = "mse"
-else:
-  w, k, q, t = cfg["ways"], cfg["shots"], cfg["query_per_class"], cfg["meta_batch"]
-  model = Conv4(w, filters=cfg["model"]["hidden"])
-  k1, k2 = jax.random.split(key)
-  lab = lambda n: jnp.tile(jnp.repeat(jnp.arange(w, dtype=jnp.int32), n), (t, 1))
-  tasks = mj.Task(jax.random.normal(k1, (t, w * k, height, width, channels)), lab(k),
-                  jax.random.normal(k2, (t, w * q, height, width, channels)), lab(q))
-  loss = "cross_entropy"
-learner = mj.MAML(model, loss=loss, inner_steps=cfg["inner_steps"],
-                  inner_lr=cfg["inner_lr"], first_order=cfg["order"] == 1)
+tasks, learner = workload_tasks(cfg), workload_learner(cfg)
 opt = optax.adam(1e-3)
 state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map=task_map,

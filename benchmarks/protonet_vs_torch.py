@@ -28,18 +28,13 @@ CONFIGS = ("omni60w5s_proto", "omni5w5s_proto", "mini5w5s_proto")
 
 CHILD = r'''
 import json, os, resource, sys, time
+sys.path.insert(0, "benchmarks")
 import metajax as mj
-import jax, jax.numpy as jnp, numpy as np, optax
-from metajax.models import Conv4
+import jax, numpy as np, optax
+from gpu import workload_learner, workload_tasks
 
 cfg = json.loads(sys.argv[1]); max_steps = int(sys.argv[2])
-w, k, q = cfg["ways"], cfg["shots"], cfg["query_per_class"]
-c, h, wd = cfg["model"]["in_shape"]
-k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-lab = lambda n: jnp.repeat(jnp.arange(w, dtype=jnp.int32), n)[None]
-tasks = mj.Task(jax.random.normal(k1, (1, w * k, h, wd, c)), lab(k),
-                jax.random.normal(k2, (1, w * q, h, wd, c)), lab(q))
-learner = mj.ProtoNet(Conv4(None, filters=cfg["model"]["hidden"]), embedding="joint", ways=w)
+tasks, learner = workload_tasks(cfg), workload_learner(cfg)
 opt = optax.adam(1e-3)
 state = mj.init_state(learner, opt, jax.random.PRNGKey(1), mj.task_slice(tasks, 0))
 step = mj.make_meta_step(learner, opt, task_map="map", chunk_size=1, check=False)
