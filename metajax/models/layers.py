@@ -37,19 +37,32 @@ class Conv(nn.Module):
   param_dtype: Any = None
 
   @nn.compact
-  def __call__(self, x, *, split_bias: bool = False):
+  def __call__(self, x, *, split_bias: bool = False,
+               pool_window: int | None = None):
     """``(N, H, W, Cin) -> (N, H', W', features)``.
 
     With ``split_bias=True`` returns ``(y, bias)`` with the bias not yet added
     (``bias`` is ``None`` without ``use_bias``), for a following
     :class:`NormReluMaxPool` that adds it to the 4x smaller pooled tensor.
+    With ``pool_window=k`` as well (the max-pool that block applies), ``y``
+    may instead be a :class:`metajax.models.ops.PooledConv`: the output's
+    ``k x k`` pooling phases and its moments, never the full map
+    (:func:`metajax.models.ops.conv2d_pool_phases`; stride 1, at most
+    :data:`~metajax.models.ops.POOL_PHASES_MAX_CIN` input channels, the
+    custom convolution rules).
     """
     k = self.kernel_size
     param_dtype = self.param_dtype or x.dtype
     dtype = self.dtype or x.dtype
     w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
                    param_dtype)
-    y = ops.conv2d(x.astype(dtype), w.astype(dtype), self.padding, self.strides)
+    if (pool_window and split_bias and self.strides == 1
+        and x.shape[-1] <= ops.POOL_PHASES_MAX_CIN and ops.IMPL == "custom"):
+      y = ops.conv2d_pool_phases(x.astype(dtype), w.astype(dtype), self.padding,
+                                 pool_window,
+                                 moments_dtype=jnp.promote_types(dtype, param_dtype))
+    else:
+      y = ops.conv2d(x.astype(dtype), w.astype(dtype), self.padding, self.strides)
     bias = (self.param("bias", nn.initializers.zeros, (self.features,),
                        param_dtype).astype(dtype)
             if self.use_bias else None)
@@ -93,8 +106,12 @@ def _check_norm(norm: str) -> None:
 
 
 def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
-                   shift=None, param_dtype=None):
+                   shift=None, param_dtype=None, moments=None):
   """``(mean, scale / std, bias, scale)`` of policy ``norm`` for ``y + shift``.
+
+  ``moments``: ``(mean, biased variance, count)`` of ``y`` when the caller
+  has them without ``y`` (then ``y`` is any array of ``y``'s dtype and
+  channels, e.g. one pooling phase); ``None``: taken from ``y``.
 
   ``shift`` (a per-channel conv bias not yet added to ``y``, or ``None``)
   enters the mean only: the variance of ``y + shift`` is that of ``y``.
@@ -128,12 +145,16 @@ def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
     mean = lax.stop_gradient(module.get_variable(BATCH_STATS, "mean"))
     var = lax.stop_gradient(module.get_variable(BATCH_STATS, "var"))
   else:
-    mean, var = _moments(y)
+    if moments is None:
+      mean, var = _moments(y)
+      count = y.size // c
+    else:
+      mean, var, count = moments
+      mean, var = mean.astype(y.dtype), var.astype(y.dtype)
     if shift is not None:
       mean = mean + shift
     if norm == "running" and module.is_mutable_collection(BATCH_STATS):
-      n = y.size // c
-      unbiased = var * (n / max(n - 1, 1))
+      unbiased = var * (count / max(count - 1, 1))
       module.put_variable(BATCH_STATS, "mean", lax.stop_gradient(mean))
       module.put_variable(BATCH_STATS, "var", lax.stop_gradient(unbiased))
   inv = lax.rsqrt(var + epsilon)
@@ -223,20 +244,32 @@ class NormReluMaxPool(nn.Module):
 
   @nn.compact
   def __call__(self, y, conv_bias=None):
-    """``(N, H, W, C)`` conv outputs (without their bias) ``->
-    (N, H // window, W // window, C)``."""
+    """``(N, H, W, C)`` conv outputs (without their bias), or their
+    :class:`metajax.models.ops.PooledConv` (``Conv(..., pool_window=k)``),
+    ``-> (N, H // window, W // window, C)``."""
     _check_norm(self.norm)
+    if isinstance(y, ops.PooledConv):
+      if y.window != self.window:
+        raise ValueError(f"NormReluMaxPool(window={self.window}) got the phases "
+                         f"of a {y.window}x{y.window} pool")
+      phases, moments = y.phases, (y.mean, y.var, y.count)
+      pool = lambda s: ops.max_of([s * p for p in phases])  # noqa: E731
+      y = phases[0]
+    else:
+      moments = None
+      pool = lambda s: ops.max_pool(s * y, self.window)  # noqa: E731
     if self.norm == "none":
-      p = ops.max_pool(y, self.window)
+      p = pool(1)
       return nn.relu(p if conv_bias is None else p + conv_bias)
     mean, mult, bias, scale = _normalisation(self, y, self.norm, self.epsilon,
                                              shift=conv_bias,
-                                             param_dtype=self.param_dtype)
+                                             param_dtype=self.param_dtype,
+                                             moments=moments)
     if scale is None:
-      m = ops.max_pool(y, self.window)
+      m = pool(1)
     else:
       sign = lax.stop_gradient(jnp.where(scale >= 0, 1, -1).astype(y.dtype))
-      m = sign * ops.max_pool(sign * y, self.window)
+      m = sign * pool(sign)
     if conv_bias is not None:
       # With batch statistics the conv bias cancels; entering through the
       # pooled values and the mean, it gets its (analytically zero)
