@@ -592,12 +592,18 @@ class PooledConv(NamedTuple):
   window: int
 
 
-def _patch_matrix(x, kernel_hw, pads):
+def _patch_rows(x, kernel_hw, pads):
+  """The transposed patch matrix: row ``(a * kw + b) * Cin + c`` holds
+  ``xpad[n, i + a, j + b, c]`` over all output positions ``(n, i, j)``.
+  Stacked on a leading axis, each row is a copy of contiguous runs (a
+  concatenation along the last axis of 1-channel slices was 25x slower at
+  600 x 28 x 28)."""
   kh, kw = kernel_hw
   ho = x.shape[1] + sum(pads[0]) - kh + 1
   wo = x.shape[2] + sum(pads[1]) - kw + 1
-  patches = jnp.concatenate(_shifted(_pad_hw(x, pads), kh, kw, ho, wo), axis=-1)
-  return patches.reshape(-1, patches.shape[-1])
+  rows = [v[..., c] for v in _shifted(_pad_hw(x, pads), kh, kw, ho, wo)
+          for c in range(x.shape[-1])]
+  return jnp.stack(rows).reshape(len(rows), -1)
 
 
 def conv2d_moments(x: jax.Array, w: jax.Array, padding="SAME"):
@@ -613,10 +619,10 @@ def conv2d_moments(x: jax.Array, w: jax.Array, padding="SAME"):
   Omniglot.
   """
   pads = _pads(padding, w.shape[:2])
-  p = _patch_matrix(x, w.shape[:2], pads)
-  mean_p = jnp.mean(p, axis=0)
-  centred = p - mean_p
-  cov = lax.dot_general(centred, centred, (((0,), (0,)), ((), ()))) / p.shape[0]
+  p = _patch_rows(x, w.shape[:2], pads)             # (kh * kw * Cin, positions)
+  mean_p = jnp.mean(p, axis=1)
+  centred = p - mean_p[:, None]
+  cov = lax.dot_general(centred, centred, (((1,), (1,)), ((), ()))) / p.shape[1]
   wm = w.reshape(-1, w.shape[-1])
   var = jnp.einsum("kc,kl,lc->c", wm, cov, wm)
   # cov is positive semi-definite; rounding must not make a variance negative.
