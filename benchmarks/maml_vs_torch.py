@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT))  # this checkout's metajax, also for the scripts importing this one
@@ -97,13 +99,31 @@ def run_child(code: str, *args: str, xla_defaults: bool = True) -> dict:
 
 def record(results: dict, name: str, entry: dict, out: str) -> None:
   """Adds the same-run ratio to ``entry`` (when PyTorch ran), stores it under
-  ``results['runs'][name]``, prints it and rewrites the JSON file ``out``."""
+  ``results['runs'][name]``, prints it and rewrites the JSON file ``out``.
+
+  With ``results['rounds'] > 1`` each call is one round of the workload: the
+  entries are kept in order under ``runs[name]['rounds']``, and ``runs[name]``
+  also gets the medians over rounds (``jax_median_ms``, ``torch_best_ms``,
+  ``speedup_vs_best_torch``: the median of the rounds' ratios) and the
+  ratios' range (``speedup_range``)."""
   best = min((r["median_ms"] for r in entry.get("torch", {}).values() if "median_ms" in r),
              default=None)
   if best:
     entry["torch_best_ms"] = best
     entry["speedup_vs_best_torch"] = best / entry["jax"]["median_ms"]
-  results["runs"][name] = entry
+  if results.get("rounds", 1) > 1:
+    run = results["runs"].setdefault(name, {"rounds": []})
+    run["rounds"].append(entry)
+    rounds = run["rounds"]
+    run["jax_median_ms"] = float(np.median([r["jax"]["median_ms"] for r in rounds]))
+    ratios = [r["speedup_vs_best_torch"] for r in rounds if "speedup_vs_best_torch" in r]
+    if ratios:
+      run["torch_best_ms"] = float(np.median([r["torch_best_ms"] for r in rounds
+                                              if "torch_best_ms" in r]))
+      run["speedup_vs_best_torch"] = float(np.median(ratios))
+      run["speedup_range"] = [min(ratios), max(ratios)]
+  else:
+    results["runs"][name] = entry
   print(name, json.dumps({k: v for k, v in entry.items() if k != "torch"}), flush=True)
   pathlib.Path(out).write_text(json.dumps(results, indent=2))
 

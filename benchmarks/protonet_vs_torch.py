@@ -1,7 +1,8 @@
 """ProtoNet training-step speed and memory vs the PyTorch reference, same run.
 
     python benchmarks/protonet_vs_torch.py [--torch /tmp/benchvenv/bin/python]
-                                           [--max-steps N] [--out benchmarks/results_protonet.json]
+                                           [--max-steps N] [--rounds R]
+                                           [--out benchmarks/results_protonet.json]
 
 The two ProtoNet workloads of ``../shared/bench/configs.json``
 (``omni60w5s_proto``: 60-way 5-shot 5-query; ``omni5w5s_proto``: 5-way 5-shot
@@ -11,7 +12,9 @@ query embedded in one batch, Adam 1e-3) and ``workloads.json``'s
 ``maml_vs_torch.py``: a fresh subprocess per workload, compile time (first
 step), median and p25-p75 ms of ``--max-steps`` steps, peak RSS, GFLOP/s from
 the harness's ``gflop_per_step``; with ``--torch`` the harness's ``autograd``
-implementation runs right after, in the same session.
+implementation runs right after, in the same session. ``--rounds R`` repeats
+the whole sequence R times and reports each workload's median ratio over the
+rounds and their range.
 """
 from __future__ import annotations
 
@@ -48,14 +51,20 @@ def main(argv=None):
   p.add_argument("--torch", help="python with torch 2.13 for the same-run reference")
   p.add_argument("--configs", nargs="+", default=list(CONFIGS))
   p.add_argument("--max-steps", type=int, default=30)
+  p.add_argument("--rounds", type=int, default=1,
+                 help="time every workload (metajax, then PyTorch) this many "
+                      "times, round after round, and report the median ratio and "
+                      "its range (this machine's run-to-run noise is ~15%%)")
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_protonet.json"))
   args = p.parse_args(argv)
   from metajax.experiment import machine
   configs = load_specs()["configs"]
   ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
+  if args.rounds < 1:
+    p.error(f"--rounds must be at least 1, got {args.rounds}")
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
-             "max_steps": args.max_steps, "runs": {}}
-  for name in args.configs:
+             "max_steps": args.max_steps, "rounds": args.rounds, "runs": {}}
+  for name in [n for _ in range(args.rounds) for n in args.configs]:
     gflop = ref_flops.get(f"{name}|autograd", {}).get("gflop_per_step")
     entry = {"jax": run_child(CHILD, json.dumps(configs[name]), str(args.max_steps)),
              "gflop_per_step_torch": gflop}
