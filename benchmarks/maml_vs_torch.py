@@ -1,7 +1,8 @@
 """MAML meta-step speed and memory vs the PyTorch reference, same machine, same run.
 
     python benchmarks/maml_vs_torch.py [--configs sine_maml2 ...] [--torch /tmp/benchvenv/bin/python]
-                                       [--max-steps N] [--no-xla-defaults] [--out benchmarks/results_maml.json]
+                                       [--max-steps N] [--rounds R] [--no-xla-defaults]
+                                       [--out benchmarks/results_maml.json]
 
 For each workload of ``../shared/bench/configs.json`` (same shapes: MLP
 1-40-40-1 sinusoid MAML, conv-4 Omniglot 5-way/20-way MAML, first and second
@@ -13,7 +14,8 @@ share one numerator. With ``--torch``, the reference harness
 (``torch_ref.py``, PyTorch implementations given in ``--torch-impls``) runs
 right after each JAX workload in the same session, and the JSON records the
 same-run ratio torch_ms / jax_ms (> 1: metajax is faster). The reference's own
-code is run, never copied.
+code is run, never copied. ``--rounds R`` repeats the whole sequence R times
+and reports each workload's median ratio over the rounds and their range.
 
 Workloads come from the harness's ``configs.json`` and from this folder's
 ``workloads.json`` (84x84x3 mini-ImageNet shapes, e.g. ``--configs
@@ -97,6 +99,18 @@ def run_child(code: str, *args: str, xla_defaults: bool = True) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def add_rounds_argument(p: argparse.ArgumentParser) -> None:
+  """``--rounds R``: every workload timed R times, round after round."""
+  def positive(text):
+    if not text.isdigit() or int(text) < 1:
+      raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+  p.add_argument("--rounds", type=positive, default=1,
+                 help="time every workload (metajax, then PyTorch) this many times, "
+                      "round after round, and report the median ratio and its range "
+                      "(this machine's run-to-run noise is ~15%%)")
+
+
 def record(results: dict, name: str, entry: dict, out: str) -> None:
   """Adds the same-run ratio to ``entry`` (when PyTorch ran), stores it under
   ``results['runs'][name]``, prints it and rewrites the JSON file ``out``.
@@ -176,6 +190,7 @@ def main(argv=None):
   p.add_argument("--torch", help="python with torch 2.13 for the same-run reference")
   p.add_argument("--torch-impls", nargs="+", default=["loop", "vmap"])
   p.add_argument("--max-steps", type=int, default=8)
+  add_rounds_argument(p)
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_maml.json"))
   p.add_argument("--no-xla-defaults", action="store_true",
                  help="run metajax without its XLA:CPU flag (METAJAX_XLA_CPU_DEFAULTS=0)")
@@ -185,8 +200,8 @@ def main(argv=None):
   configs, matrix = bench_spec["configs"], bench_spec["matrix"]
   ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
-             "max_steps": args.max_steps, "runs": {}}
-  for name in args.configs:
+             "max_steps": args.max_steps, "rounds": args.rounds, "runs": {}}
+  for name in [n for _ in range(args.rounds) for n in args.configs]:
     cfg = configs[name]
     task_map = "vmap" if cfg["task"] == "sinusoid" else "map"
     steps = args.max_steps * (25 if cfg["task"] == "sinusoid" else 1)

@@ -25,7 +25,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from maml_vs_torch import BENCH, TIME_STEPS, load_specs, record, run_child, run_torch  # noqa: E402
+from maml_vs_torch import (BENCH, TIME_STEPS, add_rounds_argument, load_specs,  # noqa: E402
+                           record, run_child, run_torch)
 
 CONFIGS = ("omni60w5s_proto", "omni5w5s_proto", "mini5w5s_proto")
 
@@ -51,17 +52,12 @@ def main(argv=None):
   p.add_argument("--torch", help="python with torch 2.13 for the same-run reference")
   p.add_argument("--configs", nargs="+", default=list(CONFIGS))
   p.add_argument("--max-steps", type=int, default=30)
-  p.add_argument("--rounds", type=int, default=1,
-                 help="time every workload (metajax, then PyTorch) this many "
-                      "times, round after round, and report the median ratio and "
-                      "its range (this machine's run-to-run noise is ~15%%)")
+  add_rounds_argument(p)
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_protonet.json"))
   args = p.parse_args(argv)
   from metajax.experiment import machine
   configs = load_specs()["configs"]
   ref_flops = json.loads((BENCH / "results_torch_malloc.json").read_text())["runs"]
-  if args.rounds < 1:
-    p.error(f"--rounds must be at least 1, got {args.rounds}")
   results = {"machine": machine.describe(), "method": __doc__.strip().splitlines()[0],
              "max_steps": args.max_steps, "rounds": args.rounds, "runs": {}}
   for name in [n for _ in range(args.rounds) for n in args.configs]:

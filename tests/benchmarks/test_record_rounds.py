@@ -42,3 +42,14 @@ def test_rounds_without_torch_have_no_ratio(tmp_path):
     maml_vs_torch.record(results, "w", {"jax": {"median_ms": 10.0}}, str(tmp_path / "r.json"))
   assert "speedup_vs_best_torch" not in results["runs"]["w"]
   assert len(results["runs"]["w"]["rounds"]) == 2
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_rounds_must_be_a_positive_integer(bad, capsys):
+  import argparse
+  p = argparse.ArgumentParser()
+  maml_vs_torch.add_rounds_argument(p)
+  assert p.parse_args(["--rounds", "3"]).rounds == 3
+  with pytest.raises(SystemExit):
+    p.parse_args(["--rounds", bad])
+  assert "positive integer" in capsys.readouterr().err
