@@ -658,8 +658,8 @@ def conv2d_pool_phases(x: jax.Array, w: jax.Array, padding="SAME",
   kh, kw = w.shape[:2]
   ho = x.shape[1] + sum(pads[0]) - kh + 1
   wo = x.shape[2] + sum(pads[1]) - kw + 1
-  hq, wq = ho // window, wo // window
-  if window < 1 or hq < 1 or wq < 1:
+  hq, wq = (ho // window, wo // window) if window >= 1 else (0, 0)
+  if hq < 1 or wq < 1:
     raise ValueError(f"conv2d_pool_phases: window {window} does not fit the "
                      f"{ho}x{wo} convolution output")
   xp = _pad_hw(x, pads)

@@ -173,8 +173,9 @@ def test_window_mismatch_is_named():
   pc = ops.conv2d_pool_phases(x, jnp.zeros((3, 3, 1, 2)), "SAME", 2)
   with pytest.raises(ValueError, match="window=3"):
     NormReluMaxPool(window=3).init(jax.random.PRNGKey(0), pc)
-  with pytest.raises(ValueError, match="does not fit"):
-    ops.conv2d_pool_phases(x, jnp.zeros((3, 3, 1, 2)), "VALID", 7)
+  for window in (7, 0):
+    with pytest.raises(ValueError, match="does not fit"):
+      ops.conv2d_pool_phases(x, jnp.zeros((3, 3, 1, 2)), "VALID", window)
 
 
 def test_conv4_uses_phases_for_feature_networks_by_default(monkeypatch):
