@@ -11,6 +11,10 @@ behaviour:
 * ``slow``: a label only. Slow tests run by default, because CI runs the
   README's plain ``python -m pytest -q`` and must run them; deselect them
   locally with ``-m "not slow"``.
+
+Test files are spread over pytest-xdist workers (``-n auto --dist loadfile``
+in ``pyproject.toml``; :func:`pytest_xdist_auto_num_workers` picks the
+count), so a file's module fixtures are built once.
 """
 from __future__ import annotations
 
@@ -55,6 +59,20 @@ def require_data(missing: list[Path], what: str) -> None:
   if in_ci():
     pytest.fail(f"CI=true and {msg}", pytrace=False)
   pytest.skip(msg)
+
+
+#: at most this many pytest-xdist workers (``-n auto`` in pyproject.toml):
+#: every worker is a JAX process whose XLA also uses every core.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+  """``-n auto``: one worker per core this process may use, at most
+  :data:`MAX_WORKERS` (2 on the 2-core CI machine)."""
+  del config
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  return max(1, min(MAX_WORKERS, cores))
 
 
 @pytest.hookimpl(tryfirst=True)
