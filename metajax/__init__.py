@@ -15,7 +15,8 @@ from metajax import (algorithms, configs, core, data, evaluation, experiment,
                      models, training)
 from metajax.algorithms import (CNP, IMAML, MAML, MAMLPlusPlus,
                                 EmbeddingLearner, MatchingNet, MetaOptNet,
-                                ProtoNet, R2D2, Reptile)
+                                MetaBaseline, ProtoNet, R2D2, Reptile,
+                                TransferLearner)
 from metajax.algorithms.registry import make
 from metajax.core import (Learner, MetaState, Task, adapt, check_tasks,
                           check_ways, init_state, make_meta_step, task_slice)
@@ -26,8 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML", "MAMLPlusPlus",
-    "MatchingNet", "MetaOptNet", "MetaState", "ProtoNet", "R2D2", "Reptile",
-    "Task", "adapt", "algorithms", "check_tasks", "check_ways", "configs",
+    "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState", "ProtoNet",
+    "R2D2", "Reptile", "Task", "TransferLearner", "adapt", "algorithms", "check_tasks", "check_ways", "configs",
     "core", "data", "evaluate", "evaluation", "experiment", "fit",
     "init_state", "make", "make_meta_step", "models", "task_slice",
     "training", "xla_cpu",

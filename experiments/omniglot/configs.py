@@ -51,11 +51,20 @@ from metajax.models import conv4 as conv4_lib
 from metajax.models import layers
 
 #: learners that adapt a linear head on conv-4 (one output per class).
-HEAD_METHODS = ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile",
-                "imaml")
-#: metric and closed-form learners on conv-4 features (no head).
+HEAD_METHODS = ("maml", "fomaml", "anil", "boil", "metasgd", "mamlpp",
+                "reptile", "imaml")
+#: transfer baselines: supervised pretraining over all training classes
+#: (minibatches of ``pretrain_batch`` images, ``iterations`` steps), then a
+#: head fitted on each test task's frozen support features.
+TRANSFER_METHODS = ("baseline", "baseline_pp", "rfs_simple", "simpleshot")
+#: pretrained as ``baseline`` (``pretrain_iterations`` steps), then
+#: meta-trained on episodes (``iterations`` steps).
+META_BASELINE = "meta_baseline"
+#: the methods with a supervised pretraining stage.
+PRETRAIN_METHODS = TRANSFER_METHODS + (META_BASELINE,)
+#: metric, closed-form and transfer learners on conv-4 features (no head).
 FEATURE_METHODS = ("protonet", "matchingnet", "r2d2", "metaoptnet",
-                   "metaoptnet_ridge")
+                   "metaoptnet_ridge") + PRETRAIN_METHODS
 METHODS = HEAD_METHODS + FEATURE_METHODS
 #: config fields that override the paper's learner hyperparameters.
 LEARNER_OVERRIDES = ("inner_lr", "inner_steps", "eval_inner_steps")
@@ -75,7 +84,8 @@ PAPER_NETWORK_FIELDS = ("features", "head_init", "norm", "downsample")
 #: head methods whose learner takes an adapt mask (``adapt_norm=False``).
 MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 #: head methods whose evaluation can score each query with the support set.
-CONTEXT_METHODS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml")
+CONTEXT_METHODS = ("maml", "fomaml", "anil", "boil", "metasgd", "reptile",
+                   "imaml")
 #: methods whose meta-gradient directions can be compared during training.
 GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
 #: the resize filters of ``Config.resize`` (``jax.image.resize`` methods).
@@ -131,8 +141,13 @@ class Config:
       :class:`~metajax.algorithms.model_learner.ModelLearner`.
     inner_lr, inner_steps, eval_inner_steps: the learner's inner loop;
       ``None``: the paper's values.
-    iterations: meta-training steps.
-    meta_batch: tasks per meta-step.
+    iterations: meta-training steps (the transfer baselines of
+      :data:`TRANSFER_METHODS`: pretraining steps).
+    meta_batch: tasks per meta-step (not the pretraining minibatches).
+    pretrain_batch: images per pretraining minibatch (the transfer
+      baselines and Meta-Baseline; Chen et al.: 16).
+    pretrain_iterations: Meta-Baseline's pretraining steps (``None``: as
+      ``iterations``); the other methods have no separate stage.
     meta_lr: Adam's learning rate (not Reptile's: see the module docstring).
     adam_eps: Adam's epsilon (iMAML's code: 1e-3).
     lr_decay_every, lr_decay: multiply ``meta_lr`` by ``lr_decay`` every
@@ -193,6 +208,8 @@ class Config:
   eval_inner_steps: int | None = None
   iterations: int = 500
   meta_batch: int = 8
+  pretrain_batch: int = 16
+  pretrain_iterations: int | None = None
   meta_lr: float = 1e-3
   adam_eps: float = 1e-8
   lr_decay_every: int | None = None
@@ -308,6 +325,13 @@ class Config:
       common.check_int("eval_inner_steps", self.eval_inner_steps, 0)
     common.check_int("iterations", self.iterations, 1)
     common.check_int("meta_batch", self.meta_batch, 1)
+    common.check_int("pretrain_batch", self.pretrain_batch, 2)
+    if self.pretrain_iterations is not None:
+      if self.method != META_BASELINE:
+        raise ValueError(
+            f"pretrain_iterations applies to {META_BASELINE} (the transfer "
+            f"baselines pretrain for iterations), not {self.method}")
+      common.check_int("pretrain_iterations", self.pretrain_iterations, 1)
     common.check_positive("meta_lr", self.meta_lr)
     common.check_positive("adam_eps", self.adam_eps)
     if self.lr_decay_every is not None:
@@ -332,6 +356,10 @@ class Config:
     common.check_int("patience", self.patience, 1)
     common.check_choice("retrain_trainval", self.retrain_trainval,
                         (True, False))
+    if self.retrain_trainval and self.method in PRETRAIN_METHODS:
+      raise ValueError(
+          f"retrain_trainval does not apply to {self.method}: its "
+          "pretraining classifier is as wide as the training classes")
     if self.retrain_trainval and (self.val_every is None
                                   or self.train_classes != "train"):
       raise ValueError(
@@ -414,11 +442,14 @@ def paper_network(cfg: Config) -> bool:
              if k in protocol)
 
 
-def build_learner(cfg: Config, *, overrides: bool = True):
+def build_learner(cfg: Config, *, overrides: bool = True,
+                  base_classes: int | None = None):
   """The learner of ``cfg.method`` with the paper's values for ``cfg.setting``.
 
   The MAML family on another network than its paper's starts from
-  :data:`OTHER_NETWORK_INNER_LR` instead of the paper's inner step.
+  :data:`OTHER_NETWORK_INNER_LR` instead of the paper's inner step. The
+  transfer baselines' pretraining classifier gets ``base_classes`` outputs
+  (the pretraining sampler's ``num_labels``; ``None``: the setting's).
 
   ``ways`` is the episodes' (metric learners: the larger of training and
   test ways, their logits' static width), except for Matching Networks,
@@ -437,8 +468,17 @@ def build_learner(cfg: Config, *, overrides: bool = True):
     kwargs["adapt_mask"] = masks.exclude_norm
   if cfg.eval_query_context != "batch":
     kwargs["eval_query_context"] = cfg.eval_query_context
+  if base_classes is not None and cfg.method in TRANSFER_METHODS:
+    kwargs["base_classes"] = base_classes
   return registry.make(cfg.method, backbone(cfg), setting=cfg.setting,
                        **kwargs)
+
+
+def pretrain_learner(cfg: Config, base_classes: int):
+  """Meta-Baseline's pretraining stage: Baseline's learner (linear
+  classifier over ``base_classes``) on the same backbone."""
+  return registry.make("baseline", backbone(cfg), setting=cfg.setting,
+                       ways=cfg.ways, base_classes=base_classes)
 
 
 def default() -> Config:
@@ -459,6 +499,9 @@ PAPER_CELLS = {
     for m in ("maml", "fomaml", "metasgd", "mamlpp", "reptile", "imaml",
               "protonet")}
 PAPER_CELLS["anil"] = ((20, 1), (20, 5))
+# The transfer baselines have recorded protocols (paper_config('baseline', 5,
+# 1) builds Chen et al.'s Omniglot run) but no published Omniglot number to
+# compare with, so no named paper cell.
 
 
 def paper_iterations(paper) -> int | None:
@@ -504,6 +547,7 @@ def paper_config(method: str, ways: int, shots: int, *,
   if "max_pool" in o:
     kw.setdefault("downsample", "maxpool" if o["max_pool"] else "stride")
   for src, dst in (("meta_batch", "meta_batch"), ("meta_lr", "meta_lr"),
+                   ("pretrain_batch", "pretrain_batch"),
                    ("train_shots", "train_shots"),
                    ("train_queries", "train_queries"),
                    ("eval_queries", "queries"), ("eval_tasks", "eval_tasks"),

@@ -8,6 +8,8 @@
     python -m experiments.omniglot --curves results/paper_cells          # their learning curves
     python -m experiments.omniglot --config paper_maml_5w1s              # a paper cell, full budget
     python -m experiments.omniglot --config paper_maml_5w1s --compare-grads   # exact vs first order ...
+    python -m experiments.omniglot --method baseline --set norm=running --set iterations=20000  # transfer
+    python -m experiments.omniglot --method meta_baseline --set norm=running --set pretrain_iterations=10000
 
 Every method sees the same protocol, spelled out in the results file: the
 class split (``split``, Vinyals by default), the rotation policy
@@ -16,7 +18,12 @@ K-shot Q-query episodes sampled on device, and the same ``eval_tasks``
 (600) test tasks drawn from ``eval_seed``, so accuracies are paired. The
 backbone is conv-4 (``filters``, ``downsample``, ``norm``);
 optimisation-based learners get a linear head, metric and closed-form
-learners use the features. ``--print-config`` lists every field.
+learners use the features. The transfer baselines (``baseline``,
+``baseline_pp``, ``rfs_simple``, ``simpleshot``) pretrain a classifier over
+all training classes on minibatches of ``pretrain_batch`` images for
+``iterations`` steps and fit their head on each test task's frozen support
+features; ``meta_baseline`` pretrains for ``pretrain_iterations``, then
+meta-trains on episodes. ``--print-config`` lists every field.
 
 Writes ``<workdir>/results.json`` (protocol, learner settings and the paper
 setting they come from, training time and curve, test accuracy with a 95%

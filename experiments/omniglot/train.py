@@ -17,6 +17,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -24,6 +25,7 @@ from experiments import common
 from experiments.omniglot import configs
 from metajax import configs as paper_configs
 from metajax import evaluation, training
+from metajax.core import MetaState
 from metajax.data import datadir, omniglot, sampler, splits
 from metajax.evaluation import meta_gradients
 from metajax.experiment import config as config_lib
@@ -174,10 +176,17 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   split = load_split(cfg, data_dir, cache_dir)
   ways, shots, queries = cfg.episodes(train=True)
 
-  def train_sampler(classes):
+  def episode_sampler(classes):
     return sampler.EpisodeSampler(
         classes, ways=ways, shots=shots, queries=queries,
         num_tasks=cfg.meta_batch, rotation=cfg.rotation)
+
+  def pretrain_sampler(classes):
+    return sampler.ClassBatchSampler(classes, batch_size=cfg.pretrain_batch,
+                                     rotation=cfg.rotation)
+
+  train_sampler = (pretrain_sampler if cfg.method in configs.TRANSFER_METHODS
+                   else episode_sampler)
 
   def episodes(classes):
     return sampler.EpisodeSampler(
@@ -186,13 +195,22 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
 
   test_sampler = episodes(split.test)
   paper = paper_configs.get(cfg.method, cfg.setting)
-  learner = configs.build_learner(cfg)
+  base = training_classes(split, cfg.train_classes)
+  base_classes = (pretrain_sampler(base).num_labels
+                  if cfg.method in configs.PRETRAIN_METHODS else None)
+  learner = configs.build_learner(cfg, base_classes=base_classes)
   optimizer, optimizer_info = outer_optimizer(cfg, learner, paper)
   checkpoints = workdir_lib.checkpoint_dir(workdir) / cfg.method
   t0 = time.time()
   with metrics_log.MetricsLog(workdir) as log:
     run = _Training(cfg, learner, optimizer, log, progress=progress,
                     deadline=deadline, devices=devices)
+    pretraining, initial = None, None
+    if cfg.method == configs.META_BASELINE:
+      pretraining, initial = pretrain_meta_baseline(
+          cfg, learner, optimizer, pretrain_sampler(base), checkpoints, log,
+          progress=progress, deadline=deadline, devices=devices)
+      run.initial = initial
     comparisons = None
     if cfg.grad_compare_every is not None:
       state, hist, metrics, comparisons = run.fit_comparing(
@@ -219,6 +237,15 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
         validation["retrained_steps"] = validation["best_step"]
   train_s = time.time() - t0
   t0 = time.time()
+  feature_mean = None
+  if cfg.method in configs.TRANSFER_METHODS and learner.head == "simpleshot":
+    # SimpleShot centres on the base classes' mean feature, taken with the
+    # evaluation-mode network over every training image (and rotation).
+    learner = learner.with_feature_mean(base_feature_mean(
+        learner, state.params, state.model_state, base, cfg.rotation))
+    feature_mean = {"images": int(base.images.shape[0] * base.images.shape[1]
+                                  * (4 if cfg.rotation == "classes" else 1)),
+                    "seconds": round(time.time() - t0, 1)}
   result = evaluation.evaluate(
       learner, state.params, test_sampler, num_tasks=cfg.eval_tasks,
       seed=cfg.eval_seed, steps=cfg.eval_steps, batch_size=cfg.eval_batch,
@@ -259,6 +286,8 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
           "test_classes": int(split.test.images.shape[0]),
           "train_classes_used": cfg.train_classes,
           "train_sampler": train_sampler(split.train).config(),
+          "pretraining": pretraining,
+          "simpleshot_feature_mean": feature_mean,
           "test_sampler": test_sampler.config(),
           "backbone": {"name": "conv4", "filters": cfg.filters,
                        "blocks": cfg.blocks, "downsample": cfg.downsample,
@@ -286,6 +315,49 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
         f"{t['num_tasks']} tasks ({results['budget']} budget)")
   print(f"wrote {path}")
   return results
+
+
+def base_feature_mean(learner, params, model_state, classes,
+                      rotation: str) -> jax.Array:
+  """SimpleShot's ``train_mean``: the mean evaluation-mode feature over every
+  image of ``classes`` (floats in [0, 1]), and over its other three quarter
+  turns when ``rotation='classes'`` (each turn is a base class of its
+  own; every turn has the same count, so the mean of the four means)."""
+  images = np.asarray(classes.images)
+  flat = np.asarray(sampler.to_float(
+      images.reshape((-1,) + images.shape[2:])))
+  evaluator = learner.with_model_state(model_state)
+  turns = range(4) if rotation == "classes" else range(1)
+  return sum(evaluator.feature_mean_of(params, np.rot90(flat, k, axes=(1, 2)))
+             for k in turns) / len(turns)
+
+
+def pretrain_meta_baseline(cfg, learner, optimizer, pretrain_sampler,
+                           checkpoints, log, *, progress, deadline, devices):
+  """Meta-Baseline's first stage: Baseline's pretraining for
+  ``pretrain_iterations`` steps (checkpoints in ``<checkpoints>/pretrain``,
+  metrics under ``<method>_pretrain/train``). Returns ``(record, initial
+  meta-state)``: the meta stage starts from the pretrained backbone and
+  running statistics, a fresh temperature and optimiser state."""
+  pre = configs.pretrain_learner(cfg, pretrain_sampler.num_labels)
+  steps = cfg.pretrain_iterations or cfg.iterations
+  run = _Training(cfg, pre, optax.adam(cfg.meta_lr, eps=cfg.adam_eps), log,
+                  progress=progress, deadline=deadline, devices=devices)
+  t0 = time.time()
+  state, hist, _ = run.fit(pretrain_sampler, steps, checkpoints / "pretrain",
+                           f"{cfg.method}_pretrain")
+  params = learner.from_pretrained(state.params)
+  initial = MetaState(params, optimizer.init(params),
+                      jnp.zeros((), jnp.int32), state.model_state)
+  n = len(hist["loss"])
+  window = max(1, n // 10)
+  record_ = {"iterations": steps, "sampler": pretrain_sampler.config(),
+             "optimizer": {"name": "adam", "lr": cfg.meta_lr},
+             "learner": describe(pre), "seconds": round(time.time() - t0, 1),
+             "loss_first": float(np.mean(hist["loss"][:window])),
+             "loss_last": float(np.mean(hist["loss"][-window:])),
+             "checkpoint": f"{workdir_lib.CHECKPOINTS}/{cfg.method}/pretrain"}
+  return record_, initial
 
 
 def published_for(paper, policy: str) -> dict | None:
@@ -325,6 +397,9 @@ class _Training:
     self.cfg, self.learner, self.optimizer, self.log = (cfg, learner,
                                                         optimizer, log)
     self.progress, self.deadline, self.devices = progress, deadline, devices
+    # where a fresh run starts (Meta-Baseline: the pretrained backbone);
+    # None: the learner's own initialisation
+    self.initial = None
 
   def fit(self, train_sampler, num_steps, checkpoint_dir, name,
           metrics=None, state=None):
@@ -332,6 +407,8 @@ class _Training:
     (continuing from ``state``, or from the checkpoint, or afresh)."""
     cfg = self.cfg
     metrics = metrics or common.ModelMetrics(self.log, name)
+    if state is None:
+      state = self.initial
     state, hist = training.fit(
         self.learner, self.optimizer, train_sampler, num_steps=num_steps,
         seed=cfg.seed, steps_per_call=cfg.steps_per_call,
@@ -467,12 +544,15 @@ def _row(r: dict) -> str:
       paper += f" ± {published['ci95']:.2f}"
   cell = "{}w{}s".format(cfg.get("ways", "?"), cfg.get("shots", "?"))
   protocol = r.get("protocol", {})
+  per_step = cfg.get("meta_batch", "-")
+  if protocol.get("train_sampler", {}).get("kind") == "class_batches":
+    per_step = f"{cfg['pretrain_batch']} images"  # pretraining minibatches
   return (f"| {r.get('method', cfg.get('method', '?'))} | {cell} | "
           f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f} | {paper} | "
           f"{protocol.get('batch_norm_policy', protocol.get('batch_norm', cfg.get('norm', '-')))} | "
           f"{t['steps'] if t.get('steps') is not None else '-'} | "
           f"{train.get('iterations', cfg.get('iterations', '-'))} | "
-          f"{cfg.get('meta_batch', '-')} | {t['num_tasks']} | "
+          f"{per_step} | {t['num_tasks']} | "
           f"{cfg.get('seed', '-')} | {loss} | {seconds} | "
           f"{r.get('budget', '-')} |")
 

@@ -9,11 +9,15 @@
 * closed-form heads: :mod:`~metajax.algorithms.r2d2`,
   :mod:`~metajax.algorithms.metaoptnet`;
 * generative: :mod:`~metajax.algorithms.cnp`;
+* transfer baselines (pretraining, then a head on frozen features):
+  :mod:`~metajax.algorithms.transfer` (Baseline, Baseline++, RFS-simple,
+  SimpleShot, Meta-Baseline) and its heads,
+  :mod:`~metajax.algorithms.transfer_heads`;
 * :mod:`~metajax.algorithms.registry`: ``make(name, model, setting=...)``.
 """
 from metajax.algorithms import (cnp, embedding, imaml, maml, maml_plus_plus,
                                 matching, metaoptnet, protonet, r2d2, registry,
-                                reptile)
+                                reptile, transfer, transfer_heads)
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.embedding import EmbeddingLearner
 from metajax.algorithms.imaml import IMAML
@@ -25,10 +29,12 @@ from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.registry import get, make, names, register
 from metajax.algorithms.reptile import Reptile
+from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 __all__ = [
     "CNP", "EmbeddingLearner", "IMAML", "MAML", "MAMLPlusPlus", "MatchingNet",
-    "MetaOptNet", "ProtoNet", "R2D2", "Reptile", "cnp", "embedding", "get",
-    "imaml", "make", "maml", "maml_plus_plus", "matching", "metaoptnet",
-    "names", "protonet", "r2d2", "register", "registry", "reptile",
+    "MetaBaseline", "MetaOptNet", "ProtoNet", "R2D2", "Reptile",
+    "TransferLearner", "cnp", "embedding", "get", "imaml", "make", "maml",
+    "maml_plus_plus", "matching", "metaoptnet", "names", "protonet", "r2d2",
+    "register", "registry", "reptile", "transfer", "transfer_heads",
 ]

@@ -17,6 +17,8 @@ fomaml           first-order MAML (Finn et al.      ``sinusoid_10shot``
                  2017): ``MAML(first_order=True)``
 anil             ANIL, head-only inner loop (Raghu  ``sinusoid_10shot``
                  et al. 2020): ``MAML(adapt_mask)``
+boil             BOIL, body-only inner loop (Oh et  ``omniglot_5way_1shot``
+                 al. 2021): ``MAML(adapt_mask)``
 metasgd          Meta-SGD, per-parameter inner      ``sinusoid_10shot``
                  rates (Li et al. 2017): ``MAML``
 mamlpp           MAML++ (Antoniou et al. 2019)      ``miniimagenet_5way_1shot``
@@ -32,12 +34,24 @@ metaoptnet_ridge MetaOptNet-RR (Lee et al. 2019)    ``miniimagenet_5way_1shot``
 cnp              Conditional Neural Process         ``gp_1d``
                  (Garnelo et al. 2018); ``model``
                  must be ``None``
+baseline         Baseline: pretraining, linear      ``omniglot_5way_1shot``
+                 head (Chen et al. 2019)
+baseline_pp      Baseline++: cosine classifier and  ``omniglot_5way_1shot``
+                 head (Chen et al. 2019)
+rfs_simple       RFS-simple: logistic regression    ``omniglot_5way_1shot``
+                 (Tian et al. 2020)
+simpleshot       SimpleShot: CL2N nearest centroid  ``omniglot_5way_1shot``
+                 (Wang et al. 2019)
+meta_baseline    Meta-Baseline: cosine centroids,   ``omniglot_5way_1shot``
+                 learned temperature (Chen et al.
+                 2021)
 ================ ================================== =========================
 
 The defaults (:data:`DEFAULT_SETTINGS`) are the cells the learners defaulted
 to before the settings moved to :mod:`metajax.configs`, so a call without
 ``setting`` keeps its meaning. The embedding learners (``protonet`` ...
-``metaoptnet_ridge``) take ``model=None`` for their default backbone.
+``metaoptnet_ridge``, the transfer baselines) take ``model=None`` for their
+default backbone. :func:`references` lists every name with its paper.
 """
 from __future__ import annotations
 
@@ -54,6 +68,7 @@ from metajax.algorithms.metaoptnet import MetaOptNet
 from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.reptile import Reptile
+from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 Factory = Callable[..., Learner]
 
@@ -62,6 +77,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "maml": "sinusoid_10shot",
     "fomaml": "sinusoid_10shot",
     "anil": "sinusoid_10shot",
+    "boil": "omniglot_5way_1shot",
     "metasgd": "sinusoid_10shot",
     "mamlpp": "miniimagenet_5way_1shot",
     "reptile": "omniglot_5way_1shot",
@@ -72,12 +88,56 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "metaoptnet": "miniimagenet_5way_1shot",
     "metaoptnet_ridge": "miniimagenet_5way_1shot",
     "cnp": "gp_1d",
+    "baseline": "omniglot_5way_1shot",
+    "baseline_pp": "omniglot_5way_1shot",
+    "rfs_simple": "omniglot_5way_1shot",
+    "simpleshot": "omniglot_5way_1shot",
+    "meta_baseline": "omniglot_5way_1shot",
+}
+
+#: each registered method's paper (``references()``).
+REFERENCES: dict[str, str] = {
+    "maml": "Finn, Abbeel & Levine, Model-Agnostic Meta-Learning, ICML 2017",
+    "fomaml": "Finn, Abbeel & Levine, ICML 2017 (first-order approximation)",
+    "anil": "Raghu, Raghu, Bengio & Vinyals, Rapid Learning or Feature "
+            "Reuse?, ICLR 2020",
+    "boil": "Oh, Yoo, Kim & Yun, BOIL: Towards Representation Change for "
+            "Few-shot Learning, ICLR 2021",
+    "metasgd": "Li, Zhou, Chen & Li, Meta-SGD, arXiv:1707.09835, 2017",
+    "mamlpp": "Antoniou, Edwards & Storkey, How to Train Your MAML, ICLR 2019",
+    "reptile": "Nichol, Achiam & Schulman, On First-Order Meta-Learning "
+               "Algorithms, arXiv:1803.02999, 2018",
+    "imaml": "Rajeswaran, Finn, Kakade & Levine, Meta-Learning with Implicit "
+             "Gradients, NeurIPS 2019",
+    "protonet": "Snell, Swersky & Zemel, Prototypical Networks, NeurIPS 2017",
+    "matchingnet": "Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, "
+                   "Matching Networks, NeurIPS 2016",
+    "r2d2": "Bertinetto, Henriques, Torr & Vedaldi, Meta-learning with "
+            "Differentiable Closed-form Solvers, ICLR 2019",
+    "metaoptnet": "Lee, Maji, Ravichandran & Soatto, Meta-Learning with "
+                  "Differentiable Convex Optimization, CVPR 2019 (SVM head)",
+    "metaoptnet_ridge": "Lee, Maji, Ravichandran & Soatto, CVPR 2019 (ridge "
+                        "regression head)",
+    "cnp": "Garnelo et al., Conditional Neural Processes, ICML 2018",
+    "baseline": "Chen, Liu, Kira, Wang & Huang, A Closer Look at Few-shot "
+                "Classification, ICLR 2019 (Baseline)",
+    "baseline_pp": "Chen, Liu, Kira, Wang & Huang, ICLR 2019 (Baseline++)",
+    "rfs_simple": "Tian, Wang, Krishnan, Tenenbaum & Isola, Rethinking "
+                  "Few-Shot Image Classification, ECCV 2020 (RFS-simple)",
+    "simpleshot": "Wang, Chao, Weinberger & van der Maaten, SimpleShot, "
+                  "arXiv:1911.04623, 2019",
+    "meta_baseline": "Chen, Liu, Xu, Darrell & Wang, Meta-Baseline, ICCV 2021",
 }
 
 
 def head_only(path: str) -> bool:
   """ANIL's adaptation mask: parameters under the ``head`` layer."""
   return path.startswith("head")
+
+
+def body_only(path: str) -> bool:
+  """BOIL's adaptation mask: every parameter except the ``head`` layer's."""
+  return not path.startswith("head")
 
 
 def paper_kwargs(method: str, setting: str | None = None) -> dict[str, Any]:
@@ -109,6 +169,17 @@ def anil(model, *, setting: str | None = None, head: str = "head",
   """
   mask = head_only if head == "head" else (lambda p: p.startswith(head))
   return MAML(model=model, **{**paper_kwargs("anil", setting),
+                              "adapt_mask": mask, **overrides})
+
+
+def boil(model, *, setting: str | None = None, head: str = "head",
+         **overrides) -> MAML:
+  """BOIL (Oh et al. 2021, "BOIL: Towards Representation Change for
+  Few-shot Learning"): MAML whose inner loop adapts the body and freezes the
+  head (``head`` names the head layer, ``'head'`` for metajax's models); the
+  head is still meta-learned by the outer loop."""
+  mask = body_only if head == "head" else (lambda p: not p.startswith(head))
+  return MAML(model=model, **{**paper_kwargs("boil", setting),
                               "adapt_mask": mask, **overrides})
 
 
@@ -190,6 +261,47 @@ def cnp(model=None, *, setting: str | None = None, **overrides) -> CNP:
   return CNP(**{**paper_kwargs("cnp", setting), **overrides})
 
 
+def baseline(model=None, *, setting: str | None = None,
+             **overrides) -> TransferLearner:
+  """Baseline (Chen et al. 2019): a linear classifier over the base classes
+  in pretraining, a new linear head per test task. ``base_classes`` comes
+  from the setting (4112 on Omniglot); pass the pretraining sampler's
+  ``num_labels`` when the data differ."""
+  return _with_backbone(TransferLearner, "baseline", model, setting,
+                        overrides)
+
+
+def baseline_pp(model=None, *, setting: str | None = None,
+                **overrides) -> TransferLearner:
+  """Baseline++ (Chen et al. 2019): cosine (distLinear) classifier and head."""
+  return _with_backbone(TransferLearner, "baseline_pp", model, setting,
+                        overrides)
+
+
+def rfs_simple(model=None, *, setting: str | None = None,
+               **overrides) -> TransferLearner:
+  """RFS-simple (Tian et al. 2020): logistic regression on L2-normalised
+  frozen features."""
+  return _with_backbone(TransferLearner, "rfs_simple", model, setting,
+                        overrides)
+
+
+def simpleshot(model=None, *, setting: str | None = None,
+               **overrides) -> TransferLearner:
+  """SimpleShot (Wang et al. 2019): nearest centroid on CL2N features (set
+  the base mean with ``with_feature_mean`` before evaluating)."""
+  return _with_backbone(TransferLearner, "simpleshot", model, setting,
+                        overrides)
+
+
+def meta_baseline(model=None, *, setting: str | None = None,
+                  **overrides) -> MetaBaseline:
+  """Meta-Baseline's meta stage (Chen et al. 2021); its pretraining is
+  ``baseline``'s (see :meth:`MetaBaseline.from_pretrained`)."""
+  return _with_backbone(MetaBaseline, "meta_baseline", model, setting,
+                        overrides)
+
+
 _REGISTRY: dict[str, Factory] = {}
 
 
@@ -229,11 +341,22 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
+def references() -> str:
+  """Every registered name with its paper, one per line (learners
+  registered by users show ``-``)."""
+  width = max(len(n) for n in names())
+  return "\n".join(f"{n:<{width}}  {REFERENCES.get(n, '-')}"
+                   for n in names())
+
+
 for _name, _factory in (
-    ("maml", maml), ("fomaml", fomaml), ("anil", anil), ("metasgd", metasgd),
+    ("maml", maml), ("fomaml", fomaml), ("anil", anil), ("boil", boil),
+    ("metasgd", metasgd),
     ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
     ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
     ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),
-    ("cnp", cnp)):
+    ("cnp", cnp), ("baseline", baseline), ("baseline_pp", baseline_pp),
+    ("rfs_simple", rfs_simple), ("simpleshot", simpleshot),
+    ("meta_baseline", meta_baseline)):
   register(_name, _factory)
 del _name, _factory

@@ -5,7 +5,9 @@ different ways; an experiment that compares methods on one benchmark had to
 know every scheme. Here every paper has one module (:mod:`.maml`,
 :mod:`.metasgd`, :mod:`.anil`, :mod:`.maml_plus_plus`, :mod:`.reptile`,
 :mod:`.imaml`, :mod:`.protonet`, :mod:`.matching`, :mod:`.r2d2`,
-:mod:`.metaoptnet`, :mod:`.cnp`) holding one table ``SETTINGS`` of
+:mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.transfer`) holding
+one table
+``SETTINGS`` (:mod:`.transfer`: one per method of the family) of
 :class:`PaperSetting`, each with the place in the paper or the official code
 that its values come from, so a number can be checked rather than trusted.
 
@@ -119,6 +121,7 @@ class _Method:
   source: str = ""                               # what the variant adds
   # setting -> the variant's own published numbers (replacing the table's)
   published: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  table: str = "SETTINGS"                        # the module's table
 
 
 # Registered method name -> its paper's module, plus the constructor switch
@@ -135,6 +138,7 @@ _METHODS: dict[str, _Method] = {
                               (5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2),
                               (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}.items()}),
     "anil": _Method("anil"),
+    "boil": _Method("boil"),
     "metasgd": _Method("metasgd"),
     "mamlpp": _Method("maml_plus_plus"),
     "reptile": _Method("reptile"),
@@ -147,6 +151,11 @@ _METHODS: dict[str, _Method] = {
     "metaoptnet_ridge": _Method("metaoptnet", {"head": "ridge"},
                                 "kjunelee/MetaOptNet train.py --head Ridge"),
     "cnp": _Method("cnp"),
+    "baseline": _Method("transfer"),
+    "baseline_pp": _Method("transfer", table="SETTINGS_PP"),
+    "rfs_simple": _Method("transfer", table="SETTINGS_RFS"),
+    "simpleshot": _Method("transfer", table="SETTINGS_SIMPLESHOT"),
+    "meta_baseline": _Method("transfer", table="SETTINGS_META_BASELINE"),
 }
 
 
@@ -161,7 +170,8 @@ def _table(method: str) -> dict[str, PaperSetting]:
     raise ValueError(
         f"unknown method {method!r}; choose one of {', '.join(methods())}")
   spec = _METHODS[method]
-  table = importlib.import_module(f"{__name__}.{spec.module}").SETTINGS
+  table = getattr(importlib.import_module(f"{__name__}.{spec.module}"),
+                  spec.table)
   if not spec.learner:
     return dict(table)
   return {key: dataclasses.replace(

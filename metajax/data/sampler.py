@@ -442,3 +442,108 @@ class EpisodeSampler:
                 rotation=self.rotation, shuffle=self.shuffle,
                 num_classes=self.data.num_classes,
                 image_shape=list(self.data.image_shape))
+
+
+# ---------------------------------------------------------------------------
+# batches of labelled images over all classes (supervised pretraining)
+# ---------------------------------------------------------------------------
+def num_labels(data: EpisodeData, rotation: str) -> int:
+  """Classes a :class:`ClassBatchSampler` labels: ``4 * C`` with
+  ``rotation='classes'``, else ``C``."""
+  return data.num_classes * (4 if rotation == "classes" else 1)
+
+
+def _class_batch(u, data: EpisodeData, batch_size: int, rotation: str):
+  """``(image index, label, quarter turns)`` ``(B,)`` from uniforms ``u``."""
+  u_cls, u_ex, u_rot = u[:batch_size], u[batch_size:2 * batch_size], u[2 * batch_size:]
+  n = num_labels(data, rotation)
+  label = jnp.minimum(jnp.floor(u_cls * n), n - 1).astype(jnp.int32)
+  if rotation == "classes":
+    base, rot = label // 4, label % 4
+  elif rotation == "per_task":  # an augmentation: each image its own turn
+    base = label
+    rot = jnp.minimum(jnp.floor(u_rot * 4), 3).astype(jnp.int32)
+  else:
+    base, rot = label, jnp.zeros_like(label)
+  pos = jnp.minimum(jnp.floor(u_ex * data.counts[base]), data.counts[base] - 1)
+  return data.offsets[base] + pos.astype(jnp.int32), label, rot
+
+
+@jax.jit(static_argnames=("batch_size", "num_tasks", "rotation", "dtype"))
+def _class_batches(rng, data, *, batch_size, num_tasks, rotation, dtype):
+  u = jax.random.uniform(rng, (num_tasks, 3 * batch_size))
+  index, label, rot = jax.vmap(
+      lambda v: _class_batch(v, data, batch_size, rotation))(u)
+  x = to_float(data.images[index.reshape(-1)], dtype)
+  if rotation != "none":
+    x = rotate(x, rot.reshape(-1))
+  x = x.reshape((num_tasks, batch_size) + x.shape[1:])
+  half = batch_size // 2
+  return Task(x[:, :half], label[:, :half], x[:, half:], label[:, half:])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassBatchSampler:
+  """Batches of labelled images drawn over all classes: the pretraining data
+  of the transfer baselines (:mod:`metajax.algorithms.transfer`), a sampler
+  over classes rather than episodes.
+
+  ``sampler(rng)`` returns a :class:`~metajax.Task` batch of ``num_tasks``
+  "tasks", each one minibatch of ``batch_size`` images: every image draws
+  its class uniformly, then one of the class's images uniformly (with
+  replacement across the batch; Omniglot's classes are all of 20 images, so
+  this is uniform over images too). Labels are *global* class ids in
+  ``[0, num_labels)``: the base class, or ``4 * base + quarter turns`` with
+  ``rotation='classes'`` (each rotation a class, as the episodes); with
+  ``'per_task'`` every image gets its own random turn and keeps its class
+  (an augmentation). The minibatch is split in two halves, ``support`` and
+  ``query``, only so it fits the Task layout: a transfer learner's
+  pretraining loss reads both as one batch. Pure in ``rng`` and compiled
+  once, like :class:`EpisodeSampler`.
+
+  Attributes:
+    data: the dataset (converted as in :class:`EpisodeSampler`).
+    batch_size: images per minibatch (at least 2).
+    num_tasks: minibatches per call (the leading task axis).
+    rotation: one of :data:`ROTATIONS`.
+  """
+  data: EpisodeData
+  batch_size: int
+  num_tasks: int = 1
+  rotation: str = "none"
+
+  def __post_init__(self):
+    if not isinstance(self.data, EpisodeData):
+      object.__setattr__(self, "data", EpisodeData.from_dense(self.data))
+    if self.rotation not in ROTATIONS:
+      raise ValueError(f"unknown rotation policy {self.rotation!r}; choose "
+                       f"from {ROTATIONS}")
+    if isinstance(self.batch_size, bool) or not isinstance(
+        self.batch_size, (int, np.integer)) or self.batch_size < 2:
+      raise ValueError(f"batch_size must be an integer >= 2, got "
+                       f"{self.batch_size!r}")
+    if self.num_tasks < 1:
+      raise ValueError(f"num_tasks must be at least 1, got {self.num_tasks}")
+    if self.rotation != "none":
+      h, w = self.data.image_shape[:2]
+      if h != w:
+        raise ValueError(
+            f"rotation={self.rotation!r} needs square images, got {h}x{w}")
+
+  @property
+  def num_labels(self) -> int:
+    """The number of global classes (the pretraining classifier's width)."""
+    return num_labels(self.data, self.rotation)
+
+  def __call__(self, rng) -> Task:
+    return _class_batches(rng, self.data, batch_size=int(self.batch_size),
+                          num_tasks=self.num_tasks, rotation=self.rotation,
+                          dtype=jnp.float32)
+
+  def config(self) -> dict:
+    """The sampling configuration (for result files)."""
+    return dict(kind="class_batches", batch_size=int(self.batch_size),
+                num_tasks=self.num_tasks, rotation=self.rotation,
+                num_labels=self.num_labels,
+                num_classes=self.data.num_classes,
+                image_shape=list(self.data.image_shape))

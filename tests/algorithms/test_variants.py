@@ -1,4 +1,5 @@
-"""FOMAML, ANIL and Meta-SGD against hand-written references; the registry."""
+"""FOMAML, ANIL, BOIL and Meta-SGD against hand-written references; the
+registry."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,38 @@ def test_anil_equals_maml_with_frozen_body_inner_loop():
     _, full = jax.jit(MAML(model, inner_steps=steps,
                            inner_lr=ALPHA).task_grad)(params, task)
     assert np.max(np.abs(_flat(full["model"]) - _flat(grads["model"]))) > 1e-6
+
+
+def test_boil_equals_maml_with_frozen_head_inner_loop():
+  with jax.enable_x64(True):
+    model, task, params, support, query = _setup()
+    steps = 2
+    lrn = learners.boil(model, inner_steps=steps, inner_lr=ALPHA,
+                        loss="mse")
+    _, grads = jax.jit(lrn.task_grad)(params, task)
+
+    # by hand: the body takes the inner steps, the head stays theta's
+    def objective(body, head):
+      b = body
+      for _ in range(steps):
+        g = jax.grad(lambda bb: support({**bb, "head": head}))(b)
+        b = _sgd(b, g, ALPHA)
+      return query({**b, "head": head})
+
+    body = {k: v for k, v in params["model"].items() if k != "head"}
+    head = params["model"]["head"]
+    g_body, g_head = jax.jit(jax.grad(objective, argnums=(0, 1)))(body, head)
+    np.testing.assert_allclose(_flat(grads["model"]["head"]), _flat(g_head),
+                               rtol=1e-10, atol=1e-12)
+    for k in body:
+      np.testing.assert_allclose(_flat(grads["model"][k]), _flat(g_body[k]),
+                                 rtol=1e-10, atol=1e-12)
+    # the head is meta-learned but never adapted; the body adapts
+    assert np.abs(_flat(g_head)).max() > 1e-6
+    adapted = lrn.adapt(params, task.support_x, task.support_y)
+    np.testing.assert_array_equal(_flat(adapted["head"]), _flat(head))
+    assert np.abs(_flat(adapted["dense0"]) - _flat(body["dense0"])).max() > 0
+    assert learners.make("boil", model).inner_lr == 0.5  # the paper's step
 
 
 def test_metasgd_with_equal_rates_reduces_to_maml():

@@ -18,7 +18,8 @@ from metajax.models import MLP
 OMNIGLOT = tuple(f"omniglot_{ways}way_{shots}shot" for ways in (5, 20)
                  for shots in (1, 5))
 EMBEDDING = ("protonet", "matchingnet", "r2d2", "metaoptnet",
-             "metaoptnet_ridge")
+             "metaoptnet_ridge", "baseline", "baseline_pp", "rfs_simple",
+             "simpleshot", "meta_baseline")
 PAIRS = [(m, k) for m in configs.methods() for k in configs.settings(m)]
 KEY = r"^(omniglot|miniimagenet|tieredimagenet|cifarfs|fc100)_\d+way_\d+shot$"
 
@@ -197,3 +198,12 @@ def test_published_numbers_name_their_table_and_policy():
   assert configs.get("fomaml", "omniglot_20way_1shot").published[0].value == 89.4
   assert configs.get("maml", "omniglot_20way_1shot").published[0].value == 95.8
   assert not configs.get("anil", "omniglot_5way_1shot").published
+
+
+def test_every_registered_method_names_its_paper():
+  listing = registry.references().splitlines()
+  assert [line.split()[0] for line in listing] == list(registry.names())
+  assert set(registry.REFERENCES) == set(registry.names())
+  assert all(line.split(None, 1)[1].strip() != "-" for line in listing)
+  assert any(line.startswith("rfs_simple") and "Tian" in line
+             for line in listing)

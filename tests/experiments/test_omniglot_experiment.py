@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_method_flag_picks_a_workdir_per_method(monkeypatch, tmp_path):
 def test_table_reads_the_committed_results_of_the_earlier_layout():
   text = train.table(ROOT / "results" / "omniglot_5w1s" / "earlier_code")
   rows = text.splitlines()[2:]
-  assert len(rows) == len(configs.METHODS)
+  assert len(rows) == 12  # the twelve learners of that time
   maml = ("| maml | 5w1s | 89.33 ± 0.60 | - | - | 10 | 500 | 8 | 600 | 0 | "
           "1.412 -> 0.399 | 146 | - |")
   assert maml in rows
@@ -177,7 +178,11 @@ def test_overrides_replace_the_paper_values():
     (["eval_steps=3", "eval_inner_steps=4"], "eval_inner_steps"),
     (["method=protonet", "inner_lr=0.1"], "inner_lr"),
     (["eval_batch=0"], "eval_batch"), (["task_map=pmap"], "task_map"),
-    (["chunk_size=0"], "chunk_size"), (["meta_lr=0"], "meta_lr")])
+    (["chunk_size=0"], "chunk_size"), (["meta_lr=0"], "meta_lr"),
+    (["pretrain_batch=1"], "pretrain_batch"),
+    (["method=protonet", "pretrain_iterations=3"], "pretrain_iterations"),
+    (["method=baseline", "val_every=2", "retrain_trainval=True"],
+     "retrain_trainval")])
 def test_validate_names_the_field(overrides, named):
   cfg = config_lib.override(configs.tiny(), overrides)
   with pytest.raises(config_lib.ConfigError, match=named):
@@ -278,3 +283,55 @@ def test_grad_compare_every_tracks_the_directions_during_training(
   saved = json.loads((out / train.COMPARISON_NAME).read_text())
   assert saved["comparison"]["cosine"]["first_order"]["all"] == pytest.approx(
       gc["cosine"]["first_order"][-1], rel=1e-5)
+
+
+def test_transfer_baselines_pretrain_then_fit_heads(tmp_path, shared_data_dir,
+                                                    omniglot_cache_dir):
+  """SimpleShot (one pretraining stage, the base mean) and Meta-Baseline
+  (pretraining, then episodes from the pretrained backbone), tiny."""
+  simple = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
+                "--method", "simpleshot", "--workdir", str(tmp_path / "s"),
+                "--set", "norm=running", "--set", "pretrain_batch=6")
+  assert simple["protocol"]["train_sampler"]["kind"] == "class_batches"
+  assert simple["protocol"]["train_sampler"]["num_labels"] == 4112
+  assert simple["protocol"]["simpleshot_feature_mean"]["images"] == 4112 * 20
+  assert simple["learner"]["base_classes"] == 4112
+  assert simple["train"]["iterations"] == 4
+  meta = _run(tmp_path, shared_data_dir, omniglot_cache_dir,
+              "--method", "meta_baseline", "--workdir", str(tmp_path / "m"),
+              "--set", "pretrain_iterations=2", "--set", "pretrain_batch=6")
+  pre = meta["protocol"]["pretraining"]
+  assert pre["iterations"] == 2 and pre["sampler"]["batch_size"] == 6
+  assert [r["step"] for r in metrics_log.read_metrics(
+      tmp_path / "m", split="meta_baseline_pretrain/train")] == [0, 1]
+  assert meta["protocol"]["train_sampler"]["ways"] == 5
+  assert meta["train"]["iterations"] == 4
+
+
+def test_simpleshot_base_mean_covers_every_image_and_turn():
+  from types import SimpleNamespace
+
+  from metajax.algorithms.transfer import TransferLearner
+  from metajax.models import Conv4
+  images = np.random.default_rng(0).integers(
+      0, 255, size=(3, 2, 4, 4, 1), dtype=np.uint8)
+  learner = TransferLearner(Conv4(None, filters=2, blocks=1, norm="none"),
+                            base_classes=12, head="simpleshot")
+  x = images.reshape(6, 4, 4, 1).astype(np.float32) / 255
+  params = learner.init(jax.random.PRNGKey(0), _task(x[:2], x[2:4]))
+  got = train.base_feature_mean(learner, params, None,
+                                SimpleNamespace(images=images), "classes")
+  every = np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in range(4)])
+  want = np.asarray(learner.apply(params["model"], every)).mean(0)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  plain = train.base_feature_mean(learner, params, None,
+                                  SimpleNamespace(images=images), "none")
+  np.testing.assert_allclose(
+      np.asarray(plain), np.asarray(learner.apply(params["model"], x)).mean(0),
+      rtol=1e-5, atol=1e-6)
+
+
+def _task(support, query):
+  import metajax as mj
+  zeros = lambda a: np.zeros(len(a), np.int32)  # noqa: E731
+  return mj.Task(support, zeros(support), query, zeros(query))
