@@ -13,7 +13,7 @@ config layer every experiment shares).
 from metajax import xla_cpu  # noqa: I001
 from metajax import (algorithms, configs, core, data, evaluation, experiment,
                      models, training)
-from metajax.algorithms import (CNP, IMAML, MAML, MAMLPlusPlus,
+from metajax.algorithms import (CAVIA, CNP, IMAML, MAML, MAMLPlusPlus,
                                 EmbeddingLearner, MatchingNet, MetaOptNet,
                                 MetaBaseline, ProtoNet, R2D2, Reptile,
                                 TransferLearner)
@@ -26,10 +26,10 @@ from metajax.training import fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML", "MAMLPlusPlus",
-    "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState", "ProtoNet",
-    "R2D2", "Reptile", "Task", "TransferLearner", "adapt", "algorithms", "check_tasks", "check_ways", "configs",
-    "core", "data", "evaluate", "evaluation", "experiment", "fit",
-    "init_state", "make", "make_meta_step", "models", "task_slice",
-    "training", "xla_cpu",
+    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML",
+    "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState",
+    "ProtoNet", "R2D2", "Reptile", "Task", "TransferLearner", "adapt",
+    "algorithms", "check_tasks", "check_ways", "configs", "core", "data",
+    "evaluate", "evaluation", "experiment", "fit", "init_state", "make",
+    "make_meta_step", "models", "task_slice", "training", "xla_cpu",
 ]

@@ -51,8 +51,8 @@ from metajax.models import conv4 as conv4_lib
 from metajax.models import layers
 
 #: learners that adapt a linear head on conv-4 (one output per class).
-HEAD_METHODS = ("maml", "fomaml", "anil", "boil", "metasgd", "mamlpp",
-                "reptile", "imaml")
+HEAD_METHODS = ("maml", "fomaml", "anil", "boil", "cavia", "metasgd",
+                "mamlpp", "reptile", "imaml")
 #: transfer baselines: supervised pretraining over all training classes
 #: (minibatches of ``pretrain_batch`` images, ``iterations`` steps), then a
 #: head fitted on each test task's frozen support features.
@@ -84,8 +84,8 @@ PAPER_NETWORK_FIELDS = ("features", "head_init", "norm", "downsample")
 #: head methods whose learner takes an adapt mask (``adapt_norm=False``).
 MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 #: head methods whose evaluation can score each query with the support set.
-CONTEXT_METHODS = ("maml", "fomaml", "anil", "boil", "metasgd", "reptile",
-                   "imaml")
+CONTEXT_METHODS = ("maml", "fomaml", "anil", "boil", "cavia", "metasgd",
+                   "reptile", "imaml")
 #: methods whose meta-gradient directions can be compared during training.
 GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
 #: the resize filters of ``Config.resize`` (``jax.image.resize`` methods).

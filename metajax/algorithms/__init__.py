@@ -1,7 +1,8 @@
 """The meta-learners, one module per method, and the registry by name.
 
 * gradient-based: :mod:`~metajax.algorithms.maml` (MAML, FOMAML, ANIL,
-  Meta-SGD), :mod:`~metajax.algorithms.maml_plus_plus`,
+  BOIL, Meta-SGD), :mod:`~metajax.algorithms.cavia`,
+  :mod:`~metajax.algorithms.maml_plus_plus`,
   :mod:`~metajax.algorithms.reptile`, :mod:`~metajax.algorithms.imaml`;
 * metric: :mod:`~metajax.algorithms.embedding` (the backbone-plus-head
   base), :mod:`~metajax.algorithms.protonet`,
@@ -15,9 +16,11 @@
   :mod:`~metajax.algorithms.transfer_heads`;
 * :mod:`~metajax.algorithms.registry`: ``make(name, model, setting=...)``.
 """
-from metajax.algorithms import (cnp, embedding, imaml, maml, maml_plus_plus,
-                                matching, metaoptnet, protonet, r2d2, registry,
-                                reptile, transfer, transfer_heads)
+from metajax.algorithms import (cavia, cnp, embedding, imaml, maml,
+                                maml_plus_plus, matching, metaoptnet,
+                                protonet, r2d2, registry, reptile, transfer,
+                                transfer_heads)
+from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.embedding import EmbeddingLearner
 from metajax.algorithms.imaml import IMAML
@@ -32,9 +35,9 @@ from metajax.algorithms.reptile import Reptile
 from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 __all__ = [
-    "CNP", "EmbeddingLearner", "IMAML", "MAML", "MAMLPlusPlus", "MatchingNet",
-    "MetaBaseline", "MetaOptNet", "ProtoNet", "R2D2", "Reptile",
-    "TransferLearner", "cnp", "embedding", "get", "imaml", "make", "maml",
-    "maml_plus_plus", "matching", "metaoptnet", "names", "protonet", "r2d2",
-    "register", "registry", "reptile", "transfer", "transfer_heads",
+    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "MAML", "MAMLPlusPlus",
+    "MatchingNet", "MetaBaseline", "MetaOptNet", "ProtoNet", "R2D2", "Reptile",
+    "TransferLearner", "cavia", "cnp", "embedding", "get", "imaml", "make",
+    "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "protonet",
+    "r2d2", "register", "registry", "reptile", "transfer", "transfer_heads",
 ]

@@ -19,6 +19,8 @@ anil             ANIL, head-only inner loop (Raghu  ``sinusoid_10shot``
                  et al. 2020): ``MAML(adapt_mask)``
 boil             BOIL, body-only inner loop (Oh et  ``omniglot_5way_1shot``
                  al. 2021): ``MAML(adapt_mask)``
+cavia            CAVIA, input context adapted       ``sinusoid_10shot``
+                 (Zintgraf et al. 2019): ``CAVIA``
 metasgd          Meta-SGD, per-parameter inner      ``sinusoid_10shot``
                  rates (Li et al. 2017): ``MAML``
 mamlpp           MAML++ (Antoniou et al. 2019)      ``miniimagenet_5way_1shot``
@@ -58,6 +60,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from metajax import configs
+from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.imaml import IMAML
 from metajax.core.learner import Learner
@@ -78,6 +81,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "fomaml": "sinusoid_10shot",
     "anil": "sinusoid_10shot",
     "boil": "omniglot_5way_1shot",
+    "cavia": "sinusoid_10shot",
     "metasgd": "sinusoid_10shot",
     "mamlpp": "miniimagenet_5way_1shot",
     "reptile": "omniglot_5way_1shot",
@@ -103,6 +107,8 @@ REFERENCES: dict[str, str] = {
             "Reuse?, ICLR 2020",
     "boil": "Oh, Yoo, Kim & Yun, BOIL: Towards Representation Change for "
             "Few-shot Learning, ICLR 2021",
+    "cavia": "Zintgraf, Shiarlis, Kurin, Hofmann & Whiteson, Fast Context "
+             "Adaptation via Meta-Learning, ICML 2019",
     "metasgd": "Li, Zhou, Chen & Li, Meta-SGD, arXiv:1707.09835, 2017",
     "mamlpp": "Antoniou, Edwards & Storkey, How to Train Your MAML, ICLR 2019",
     "reptile": "Nichol, Achiam & Schulman, On First-Order Meta-Learning "
@@ -181,6 +187,14 @@ def boil(model, *, setting: str | None = None, head: str = "head",
   mask = body_only if head == "head" else (lambda p: not p.startswith(head))
   return MAML(model=model, **{**paper_kwargs("boil", setting),
                               "adapt_mask": mask, **overrides})
+
+
+def cavia(model, *, setting: str | None = None, **overrides) -> CAVIA:
+  """CAVIA (Zintgraf et al. 2019): only ``num_context`` input context
+  parameters adapt, from zero for every task; ``model`` is wrapped in
+  :class:`metajax.models.WithContext`."""
+  return CAVIA(model=model, **{**paper_kwargs("cavia", setting),
+                               **overrides})
 
 
 def metasgd(model, *, setting: str | None = None, **overrides) -> MAML:
@@ -351,7 +365,7 @@ def references() -> str:
 
 for _name, _factory in (
     ("maml", maml), ("fomaml", fomaml), ("anil", anil), ("boil", boil),
-    ("metasgd", metasgd),
+    ("cavia", cavia), ("metasgd", metasgd),
     ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
     ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
     ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),

@@ -5,8 +5,8 @@ different ways; an experiment that compares methods on one benchmark had to
 know every scheme. Here every paper has one module (:mod:`.maml`,
 :mod:`.metasgd`, :mod:`.anil`, :mod:`.maml_plus_plus`, :mod:`.reptile`,
 :mod:`.imaml`, :mod:`.protonet`, :mod:`.matching`, :mod:`.r2d2`,
-:mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.transfer`) holding
-one table
+:mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.cavia`,
+:mod:`.transfer`) holding one table
 ``SETTINGS`` (:mod:`.transfer`: one per method of the family) of
 :class:`PaperSetting`, each with the place in the paper or the official code
 that its values come from, so a number can be checked rather than trusted.
@@ -139,6 +139,7 @@ _METHODS: dict[str, _Method] = {
                               (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}.items()}),
     "anil": _Method("anil"),
     "boil": _Method("boil"),
+    "cavia": _Method("cavia"),
     "metasgd": _Method("metasgd"),
     "mamlpp": _Method("maml_plus_plus"),
     "reptile": _Method("reptile"),
