@@ -69,6 +69,11 @@ class Config:
     report_steps: the steps whose MSE is reported (and printed).
     eval_query: query points of a test task; ``None``: as many as its K
       (MAML's code).
+    cavia: also train CAVIA (Zintgraf et al. 2019) on the same tasks and
+      network: only ``cavia_context`` parameters concatenated to the input
+      adapt, from zero for every task, at ``cavia_inner_lr`` (the paper's
+      regression code: 5 and 1.0), for ``iterations`` meta-steps.
+    cavia_context, cavia_inner_lr: CAVIA's context size and inner step.
     seed: initialisation and training tasks.
     eval_seed: the test tasks (the same for every method).
     steps_per_call: meta-steps compiled into one call.
@@ -92,6 +97,9 @@ class Config:
   eval_steps: int = 10
   report_steps: tuple[int, ...] = (1, 5, 10)
   eval_query: int | None = None
+  cavia: bool = False
+  cavia_context: int = 5
+  cavia_inner_lr: float = 1.0
   seed: int = 0
   eval_seed: int = 1
   steps_per_call: int = 500
@@ -141,6 +149,9 @@ class Config:
             f"{self.report_steps}")
     if self.eval_query is not None:
       common.check_int("eval_query", self.eval_query, 1)
+    common.check_choice("cavia", self.cavia, (True, False))
+    common.check_int("cavia_context", self.cavia_context, 1)
+    common.check_positive("cavia_inner_lr", self.cavia_inner_lr)
     common.check_int("seed", self.seed, 0)
     common.check_int("eval_seed", self.eval_seed, 0)
     common.check_int("steps_per_call", self.steps_per_call, 1)
@@ -173,7 +184,9 @@ def setting(cfg: Config) -> str:
             STATED_INNER_LR: "the paper's stated step"}.get(lr, "custom")
   return (f"MAML inner step {cfg.inner_lr:g} ({name(cfg.inner_lr)}), "
           f"pretrained fine-tuned at {base:g} ({name(base)}), "
-          f"{cfg.iterations:,} meta-iterations")
+          f"{cfg.iterations:,} meta-iterations"
+          + (f"; CAVIA: {cfg.cavia_context} context parameters, inner step "
+             f"{cfg.cavia_inner_lr:g}" if cfg.cavia else ""))
 
 
 def tiny() -> Config:

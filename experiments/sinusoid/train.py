@@ -22,6 +22,7 @@ import optax
 from experiments import common
 from experiments.sinusoid import configs
 from metajax import evaluation, training
+from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.maml import MAML
 from metajax.data import sinusoid
 from metajax.experiment import config as config_lib
@@ -37,7 +38,8 @@ FIGURE = "sinusoid.png"
 
 
 def learners(cfg: configs.Config) -> dict[str, MAML]:
-  """MAML and the pretrained baseline: one MLP, one test-time inner loop."""
+  """MAML and the pretrained baseline (one MLP, one test-time inner loop),
+  and CAVIA on the same MLP when ``cfg.cavia``."""
   init = MAML_INIT if cfg.init == "maml" else MLP.kernel_init
   model = MLP(hidden=tuple(cfg.hidden), num_outputs=1, kernel_init=init)
   maml = MAML(model, loss="mse", inner_steps=cfg.inner_steps,
@@ -50,7 +52,14 @@ def learners(cfg: configs.Config) -> dict[str, MAML]:
       maml, inner_steps=0,
       inner_lr=(cfg.inner_lr if cfg.baseline_inner_lr is None
                 else cfg.baseline_inner_lr))
-  return {"maml": maml, "pretrained": pretrained}
+  out = {"maml": maml, "pretrained": pretrained}
+  if cfg.cavia:
+    out["cavia"] = CAVIA(model, num_context=cfg.cavia_context, loss="mse",
+                         inner_steps=cfg.inner_steps,
+                         inner_lr=cfg.cavia_inner_lr,
+                         first_order=cfg.first_order,
+                         eval_inner_steps=cfg.eval_steps)
+  return out
 
 
 def fixed_test_tasks(cfg: configs.Config, shots: int):
@@ -135,7 +144,7 @@ def train_model(cfg: configs.Config, name: str, learner, train_shots: int,
                 progress: bool, devices=None):
   """Trains (or resumes) one model; ``(state, results entry)``."""
   model_id = f"{name}_K{train_shots}"
-  iterations = cfg.iterations if name == "maml" else cfg.baseline_iters
+  iterations = cfg.baseline_iters if name == "pretrained" else cfg.iterations
 
   def sample(rng):
     return sinusoid.sample_tasks(rng, cfg.meta_batch, train_shots,

@@ -41,7 +41,8 @@ def test_default_variant_is_the_setting_that_reproduces_the_table():
     ("baseline_iterations=0", "baseline_iterations"),
     ("inner_lr=0", "inner_lr"), ("hidden=8,0", "hidden"),
     ("baseline_inner_lr=-1", "baseline_inner_lr"),
-    ("eval_query=0", "eval_query")])
+    ("eval_query=0", "eval_query"), ("cavia_context=0", "cavia_context"),
+    ("cavia_inner_lr=0", "cavia_inner_lr")])
 def test_validate_names_the_field(override, named):
   cfg = config_lib.override(configs.tiny(), [override])
   with pytest.raises(config_lib.ConfigError, match=named):
@@ -113,3 +114,16 @@ def test_rerun_resumes_and_a_changed_config_is_refused(tiny_run, capsys):
   err = capsys.readouterr().err
   assert "seed: 0 -> 7" in err and "--fresh" in err
   assert json.loads((out / "config.json").read_text())["seed"] == 0
+
+
+def test_cavia_trains_beside_maml_on_the_same_tasks(tmp_path):
+  results = main.main(["--config", "tiny", "--workdir", str(tmp_path),
+                       "--no-progress", "--set", "cavia=True",
+                       "--set", "eval_shots=5"])
+  cavia = results["methods"]["cavia"]
+  assert cavia["iterations"] == 40 and cavia["steps_trained"] == 40
+  ev = cavia["eval"]["K=5"]
+  assert len(ev["mse_by_step"]) == 4 and all(np.isfinite(ev["mse_by_step"]))
+  assert "CAVIA: 5 context parameters" in results["setting"]
+  rows = metrics_log.read_metrics(tmp_path, split="cavia_K10/train")
+  assert [r["step"] for r in rows] == list(range(40))
