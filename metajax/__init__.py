@@ -13,10 +13,10 @@ config layer every experiment shares).
 from metajax import xla_cpu  # noqa: I001
 from metajax import (algorithms, configs, core, data, evaluation, experiment,
                      models, training)
-from metajax.algorithms import (CAVIA, CNP, IMAML, MAML, MAMLPlusPlus,
-                                EmbeddingLearner, MatchingNet, MetaOptNet,
-                                MetaBaseline, ProtoNet, R2D2, Reptile,
-                                TransferLearner)
+from metajax.algorithms import (CAVIA, CNP, IMAML, MAML, EmbeddingLearner,
+                                LSTMMetaLearner, MAMLPlusPlus, MatchingNet,
+                                MetaBaseline, MetaOptNet, ProtoNet, R2D2,
+                                Reptile, TransferLearner)
 from metajax.algorithms.registry import make
 from metajax.core import (Learner, MetaState, Task, adapt, check_tasks,
                           check_ways, init_state, make_meta_step, task_slice)
@@ -26,7 +26,8 @@ from metajax.training import fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "Learner", "MAML",
+    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "Learner",
+    "MAML",
     "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState",
     "ProtoNet", "R2D2", "Reptile", "Task", "TransferLearner", "adapt",
     "algorithms", "check_tasks", "check_ways", "configs", "core", "data",

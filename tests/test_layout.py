@@ -18,7 +18,8 @@ TESTS = ROOT / "tests"
 #: the learners; generic code must go through the Learner contract instead.
 LEARNERS = frozenset({"MAML", "MAMLPlusPlus", "Reptile", "IMAML", "ProtoNet",
                       "MatchingNet", "R2D2", "MetaOptNet", "CNP",
-                      "EmbeddingLearner", "TransferLearner", "MetaBaseline"})
+                      "EmbeddingLearner", "TransferLearner", "MetaBaseline",
+                      "CAVIA", "LSTMMetaLearner"})
 #: the learner-agnostic packages (the meta-step, inner loop, training loop).
 GENERIC = ("core", "training")
 #: test folders that mirror no package: entry points, benchmark scripts and

@@ -52,7 +52,7 @@ from metajax.models import layers
 
 #: learners that adapt a linear head on conv-4 (one output per class).
 HEAD_METHODS = ("maml", "fomaml", "anil", "boil", "cavia", "metasgd",
-                "mamlpp", "reptile", "imaml")
+                "mamlpp", "reptile", "imaml", "lstm_metalearner")
 #: transfer baselines: supervised pretraining over all training classes
 #: (minibatches of ``pretrain_batch`` images, ``iterations`` steps), then a
 #: head fitted on each test task's frozen support features.
@@ -85,7 +85,7 @@ PAPER_NETWORK_FIELDS = ("features", "head_init", "norm", "downsample")
 MASKED_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 #: head methods whose evaluation can score each query with the support set.
 CONTEXT_METHODS = ("maml", "fomaml", "anil", "boil", "cavia", "metasgd",
-                   "reptile", "imaml")
+                   "reptile", "imaml", "lstm_metalearner")
 #: methods whose meta-gradient directions can be compared during training.
 GRAD_COMPARE_METHODS = ("maml", "fomaml", "anil", "metasgd")
 #: the resize filters of ``Config.resize`` (``jax.image.resize`` methods).

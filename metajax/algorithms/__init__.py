@@ -2,6 +2,7 @@
 
 * gradient-based: :mod:`~metajax.algorithms.maml` (MAML, FOMAML, ANIL,
   BOIL, Meta-SGD), :mod:`~metajax.algorithms.cavia`,
+  :mod:`~metajax.algorithms.lstm_meta` (a learned update rule),
   :mod:`~metajax.algorithms.maml_plus_plus`,
   :mod:`~metajax.algorithms.reptile`, :mod:`~metajax.algorithms.imaml`;
 * metric: :mod:`~metajax.algorithms.embedding` (the backbone-plus-head
@@ -16,14 +17,15 @@
   :mod:`~metajax.algorithms.transfer_heads`;
 * :mod:`~metajax.algorithms.registry`: ``make(name, model, setting=...)``.
 """
-from metajax.algorithms import (cavia, cnp, embedding, imaml, maml,
-                                maml_plus_plus, matching, metaoptnet,
+from metajax.algorithms import (cavia, cnp, embedding, imaml, lstm_meta,
+                                maml, maml_plus_plus, matching, metaoptnet,
                                 protonet, r2d2, registry, reptile, transfer,
                                 transfer_heads)
 from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.embedding import EmbeddingLearner
 from metajax.algorithms.imaml import IMAML
+from metajax.algorithms.lstm_meta import LSTMMetaLearner
 from metajax.algorithms.maml import MAML
 from metajax.algorithms.maml_plus_plus import MAMLPlusPlus
 from metajax.algorithms.matching import MatchingNet
@@ -35,9 +37,9 @@ from metajax.algorithms.reptile import Reptile
 from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 __all__ = [
-    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "MAML", "MAMLPlusPlus",
-    "MatchingNet", "MetaBaseline", "MetaOptNet", "ProtoNet", "R2D2", "Reptile",
-    "TransferLearner", "cavia", "cnp", "embedding", "get", "imaml", "make",
-    "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "protonet",
+    "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "MAML",
+    "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "ProtoNet",
+    "R2D2", "Reptile", "TransferLearner", "cavia", "cnp", "embedding", "get",
+    "imaml", "lstm_meta", "make", "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "protonet",
     "r2d2", "register", "registry", "reptile", "transfer", "transfer_heads",
 ]

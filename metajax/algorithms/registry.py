@@ -21,6 +21,8 @@ boil             BOIL, body-only inner loop (Oh et  ``omniglot_5way_1shot``
                  al. 2021): ``MAML(adapt_mask)``
 cavia            CAVIA, input context adapted       ``sinusoid_10shot``
                  (Zintgraf et al. 2019): ``CAVIA``
+lstm_metalearner the LSTM meta-learner (Ravi &      ``omniglot_5way_1shot``
+                 Larochelle 2017)
 metasgd          Meta-SGD, per-parameter inner      ``sinusoid_10shot``
                  rates (Li et al. 2017): ``MAML``
 mamlpp           MAML++ (Antoniou et al. 2019)      ``miniimagenet_5way_1shot``
@@ -63,6 +65,7 @@ from metajax import configs
 from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.imaml import IMAML
+from metajax.algorithms.lstm_meta import LSTMMetaLearner
 from metajax.core.learner import Learner
 from metajax.algorithms.maml import MAML
 from metajax.algorithms.maml_plus_plus import MAMLPlusPlus
@@ -82,6 +85,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "anil": "sinusoid_10shot",
     "boil": "omniglot_5way_1shot",
     "cavia": "sinusoid_10shot",
+    "lstm_metalearner": "omniglot_5way_1shot",
     "metasgd": "sinusoid_10shot",
     "mamlpp": "miniimagenet_5way_1shot",
     "reptile": "omniglot_5way_1shot",
@@ -109,6 +113,8 @@ REFERENCES: dict[str, str] = {
             "Few-shot Learning, ICLR 2021",
     "cavia": "Zintgraf, Shiarlis, Kurin, Hofmann & Whiteson, Fast Context "
              "Adaptation via Meta-Learning, ICML 2019",
+    "lstm_metalearner": "Ravi & Larochelle, Optimization as a Model for "
+                        "Few-Shot Learning, ICLR 2017",
     "metasgd": "Li, Zhou, Chen & Li, Meta-SGD, arXiv:1707.09835, 2017",
     "mamlpp": "Antoniou, Edwards & Storkey, How to Train Your MAML, ICLR 2019",
     "reptile": "Nichol, Achiam & Schulman, On First-Order Meta-Learning "
@@ -195,6 +201,14 @@ def cavia(model, *, setting: str | None = None, **overrides) -> CAVIA:
   :class:`metajax.models.WithContext`."""
   return CAVIA(model=model, **{**paper_kwargs("cavia", setting),
                                **overrides})
+
+
+def lstm_metalearner(model, *, setting: str | None = None,
+                     **overrides) -> LSTMMetaLearner:
+  """The LSTM meta-learner (Ravi & Larochelle 2017): a coordinate-wise LSTM
+  whose cell state is ``model``'s parameters, first order by default."""
+  return LSTMMetaLearner(model=model, **{
+      **paper_kwargs("lstm_metalearner", setting), **overrides})
 
 
 def metasgd(model, *, setting: str | None = None, **overrides) -> MAML:
@@ -365,7 +379,8 @@ def references() -> str:
 
 for _name, _factory in (
     ("maml", maml), ("fomaml", fomaml), ("anil", anil), ("boil", boil),
-    ("cavia", cavia), ("metasgd", metasgd),
+    ("cavia", cavia), ("lstm_metalearner", lstm_metalearner),
+    ("metasgd", metasgd),
     ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
     ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
     ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),

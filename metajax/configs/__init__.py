@@ -6,7 +6,7 @@ know every scheme. Here every paper has one module (:mod:`.maml`,
 :mod:`.metasgd`, :mod:`.anil`, :mod:`.maml_plus_plus`, :mod:`.reptile`,
 :mod:`.imaml`, :mod:`.protonet`, :mod:`.matching`, :mod:`.r2d2`,
 :mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.cavia`,
-:mod:`.transfer`) holding one table
+:mod:`.lstm_meta`, :mod:`.transfer`) holding one table
 ``SETTINGS`` (:mod:`.transfer`: one per method of the family) of
 :class:`PaperSetting`, each with the place in the paper or the official code
 that its values come from, so a number can be checked rather than trusted.
@@ -140,6 +140,7 @@ _METHODS: dict[str, _Method] = {
     "anil": _Method("anil"),
     "boil": _Method("boil"),
     "cavia": _Method("cavia"),
+    "lstm_metalearner": _Method("lstm_meta"),
     "metasgd": _Method("metasgd"),
     "mamlpp": _Method("maml_plus_plus"),
     "reptile": _Method("reptile"),
