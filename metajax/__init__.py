@@ -15,8 +15,8 @@ from metajax import (algorithms, configs, core, data, evaluation, experiment,
                      models, training)
 from metajax.algorithms import (CAVIA, CNP, IMAML, MAML, EmbeddingLearner,
                                 LSTMMetaLearner, MAMLPlusPlus, MatchingNet,
-                                MetaBaseline, MetaOptNet, ProtoNet, R2D2,
-                                Reptile, TransferLearner)
+                                MetaBaseline, MetaOptNet, NeuralProcess,
+                                ProtoNet, R2D2, Reptile, TransferLearner)
 from metajax.algorithms.registry import make
 from metajax.core import (Learner, MetaState, Task, adapt, check_tasks,
                           check_ways, init_state, make_meta_step, task_slice)
@@ -29,7 +29,7 @@ __all__ = [
     "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "Learner",
     "MAML",
     "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState",
-    "ProtoNet", "R2D2", "Reptile", "Task", "TransferLearner", "adapt",
+    "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "Task", "TransferLearner", "adapt",
     "algorithms", "check_tasks", "check_ways", "configs", "core", "data",
     "evaluate", "evaluation", "experiment", "fit", "init_state", "make",
     "make_meta_step", "models", "task_slice", "training", "xla_cpu",

@@ -33,19 +33,26 @@ def _check_sizes(name: str, sizes) -> None:
         f"{sizes!r}")
 
 
+#: the models this experiment trains (registry names): the CNP, the latent
+#: Neural Process and the Attentive Neural Process.
+METHODS = ("cnp", "np", "anp")
+
+
 @dataclasses.dataclass
 class Config:
   """One CNP run: meta-training on GP functions, then a fixed test set.
 
   Attributes:
+    method: one of :data:`METHODS`.
     iterations: meta-training steps (the notebook: 200,000).
     meta_batch: GP functions per step.
     meta_lr: Adam's learning rate.
     max_context: exclusive bound of the random context and extra-target
       counts (at least 4).
     length_scale: the squared-exponential kernel's length scale.
-    encoder_sizes, decoder_sizes: the CNP's layer widths; ``None``: the
-      paper's (``[128] * 4`` and ``[128] * 2``).
+    encoder_sizes, decoder_sizes: the layer widths; ``None``: the paper's
+      (``[128] * 4`` and ``[128] * 2``). For ``np``/``anp``
+      ``encoder_sizes`` sets both the latent and the deterministic encoder.
     eval_tasks: test functions (on a 400-point grid, random context subset).
     eval_seed: the test functions' stream.
     eval_batch: test functions per compiled call.
@@ -57,6 +64,7 @@ class Config:
       (``metrics.jsonl`` has every step).
     plots: test functions drawn as figures (0: none).
   """
+  method: str = "cnp"
   iterations: int = 20_000
   meta_batch: int = 64
   meta_lr: float = 1e-4
@@ -79,6 +87,7 @@ class Config:
     Zero iterations are refused: an untrained CNP's likelihood is not a
     result of this experiment.
     """
+    common.check_choice("method", self.method, METHODS)
     common.check_int("iterations", self.iterations, 1)
     common.check_int("meta_batch", self.meta_batch, 1)
     common.check_positive("meta_lr", self.meta_lr)

@@ -3,6 +3,7 @@
     python -m experiments.gp_cnp                                   # 20,000 steps (minutes on a CPU)
     python -m experiments.gp_cnp --set iterations=200000           # the notebook's budget
     python -m experiments.gp_cnp --config tiny --workdir /tmp/g    # seconds, for tests
+    python -m experiments.gp_cnp --set method=anp --workdir runs/gp_anp   # the ANP (or np)
 
 Training follows DeepMind's neural-processes notebook: each batch draws 64
 functions from a GP with a squared-exponential kernel (length scale 0.4),

@@ -1,4 +1,5 @@
-"""Training and evaluation of the CNP on 1-D Gaussian-process regression.
+"""Training and evaluation of the CNP, the latent NP and the ANP
+(``Config.method``) on 1-D Gaussian-process regression.
 
 :func:`train_and_evaluate` meta-trains through :func:`metajax.training.fit`
 with the GP sampler on device (``sampler_on_device=True``): each batch's
@@ -7,8 +8,8 @@ batch is padded to the largest shape (:mod:`metajax.data.gp`), so the whole
 run compiles one chunk of ``steps_per_call`` meta-steps. The tasks of step
 ``i`` come from ``fold_in(data_key, i)`` with ``data_key`` the second half
 of ``split(PRNGKey(seed))``, so a resumed run sees the same batches as an
-uninterrupted one. Checkpoints go to ``<workdir>/checkpoints/cnp``, per-step
-metrics under ``cnp/train`` in ``<workdir>/metrics.jsonl``.
+uninterrupted one. Checkpoints go to ``<workdir>/checkpoints/<method>``,
+per-step metrics under ``<method>/train`` in ``<workdir>/metrics.jsonl``.
 
 Test tasks are functions on a 400-point grid with a random context subset
 (its size drawn per task, padded likewise), drawn from ``eval_seed`` by
@@ -20,6 +21,7 @@ the test tasks with a 95% interval, plus figures of the predictive mean and
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 import time
@@ -40,16 +42,23 @@ from metajax.experiment import config as config_lib
 from metajax.experiment import metrics_log, record
 from metajax.experiment import workdir as workdir_lib
 
-METHOD = "cnp"
 SETTING = "gp_1d"
+#: display names of the models.
+NAMES = {"cnp": "CNP", "np": "NP", "anp": "ANP"}
 
 
 def build_learner(cfg: configs.Config):
-  """The CNP with the paper's sizes, or the config's where set."""
-  overrides = {k: tuple(v) for k, v in (("encoder_sizes", cfg.encoder_sizes),
-                                        ("decoder_sizes", cfg.decoder_sizes))
-               if v is not None}
-  return registry.make(METHOD, None, setting=SETTING, **overrides)
+  """``cfg.method``'s model with the paper's sizes, or the config's where
+  set (``encoder_sizes`` is both encoders of the NP and the ANP)."""
+  if cfg.method == "cnp":
+    pairs = (("encoder_sizes", cfg.encoder_sizes),
+             ("decoder_sizes", cfg.decoder_sizes))
+  else:
+    pairs = (("latent_sizes", cfg.encoder_sizes),
+             ("deterministic_sizes", cfg.encoder_sizes),
+             ("decoder_sizes", cfg.decoder_sizes))
+  overrides = {k: tuple(v) for k, v in pairs if v is not None}
+  return registry.make(cfg.method, None, setting=SETTING, **overrides)
 
 
 def sample(cfg: configs.Config, rng, num_tasks: int, *, testing=False):
@@ -59,10 +68,11 @@ def sample(cfg: configs.Config, rng, num_tasks: int, *, testing=False):
 
 
 def _describe(learner) -> dict:
-  return {"class": type(learner).__name__,
-          "encoder_sizes": list(learner.encoder_sizes),
-          "decoder_sizes": list(learner.decoder_sizes),
-          "min_std": learner.min_std}
+  out = {"class": type(learner).__name__}
+  for f in dataclasses.fields(learner):
+    v = getattr(learner, f.name)
+    out[f.name] = list(v) if isinstance(v, tuple) else v
+  return out
 
 
 def figures(cfg: configs.Config, learner, params, workdir: pathlib.Path
@@ -78,10 +88,11 @@ def figures(cfg: configs.Config, learner, params, workdir: pathlib.Path
     pred = learner.predict(params,
                            learner.adapt(params, t.support_x, t.support_y),
                            t.query_x)
-    name = f"cnp_gp_{j}.png"
+    name = f"{cfg.method}_gp_{j}.png"
     plot_predictions(workdir / name, t.query_x, t.query_y, t.support_x,
                      t.support_y, pred.mean, pred.stddev,
-                     title=f"CNP, {t.support_x.shape[0]} context points")
+                     title=f"{NAMES[cfg.method]}, {t.support_x.shape[0]} "
+                     "context points")
     names.append(name)
   return names
 
@@ -105,19 +116,20 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   started = time.time()
   workdir = pathlib.Path(workdir)
   cfg = config
-  paper = paper_configs.get(METHOD, SETTING)
+  method = cfg.method
+  paper = paper_configs.get(method, SETTING)
   learner = build_learner(cfg)
   with metrics_log.MetricsLog(workdir) as log:
-    metrics = common.ModelMetrics(log, METHOD)
+    metrics = common.ModelMetrics(log, method)
     t0 = time.time()
     state, hist = training.fit(
         learner, optax.adam(cfg.meta_lr),
         lambda rng: sample(cfg, rng, cfg.meta_batch),
         num_steps=cfg.iterations, seed=cfg.seed,
         steps_per_call=cfg.steps_per_call,
-        checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / METHOD,
+        checkpoint_dir=workdir_lib.checkpoint_dir(workdir) / method,
         checkpoint_every=cfg.checkpoint_every, progress=progress,
-        desc=METHOD, on_metrics=metrics, sampler_on_device=True,
+        desc=method, on_metrics=metrics, sampler_on_device=True,
         devices=devices)
     train_s = time.time() - t0
   t0 = time.time()
@@ -139,6 +151,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   paper_iterations = int(paper.outer["meta_iters"])
   results = {
       "experiment": "gp_cnp",
+      "method": method,
       "budget": common.budget(cfg.iterations, paper_iterations),
       "paper_iterations": paper_iterations,
       "config": config_lib.to_dict(cfg),
@@ -152,7 +165,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
           "steps_trained": metrics.steps_run,
           "seconds": round(train_s, 1),
           "metrics_split": metrics.split,
-          "checkpoint": f"{workdir_lib.CHECKPOINTS}/{METHOD}",
+          "checkpoint": f"{workdir_lib.CHECKPOINTS}/{method}",
           # (step count, loss of that step), every log_every steps.
           "loss_curve": [[s, float(loss[s - 1])] for s in curve_steps],
       },
@@ -170,7 +183,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
   results = workdir_lib.jsonable(results)  # returned as written
   path = workdir_lib.write_results(workdir, results)
   t = results["test"]
-  print(f"CNP on GP regression: log-likelihood per target "
+  print(f"{NAMES[method]} on GP regression: log-likelihood per target "
         f"{t['log_likelihood_per_target']['mean']:.3f} ± "
         f"{t['log_likelihood_per_target']['ci95']:.3f}, MSE "
         f"{t['mse']['mean']:.4f} ± {t['mse']['ci95']:.4f} over "

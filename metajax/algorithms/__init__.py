@@ -10,7 +10,8 @@
   :mod:`~metajax.algorithms.matching`;
 * closed-form heads: :mod:`~metajax.algorithms.r2d2`,
   :mod:`~metajax.algorithms.metaoptnet`;
-* generative: :mod:`~metajax.algorithms.cnp`;
+* generative: :mod:`~metajax.algorithms.cnp`,
+  :mod:`~metajax.algorithms.neural_process` (latent NP, ANP);
 * transfer baselines (pretraining, then a head on frozen features):
   :mod:`~metajax.algorithms.transfer` (Baseline, Baseline++, RFS-simple,
   SimpleShot, Meta-Baseline) and its heads,
@@ -19,8 +20,8 @@
 """
 from metajax.algorithms import (cavia, cnp, embedding, imaml, lstm_meta,
                                 maml, maml_plus_plus, matching, metaoptnet,
-                                protonet, r2d2, registry, reptile, transfer,
-                                transfer_heads)
+                                neural_process, protonet, r2d2, registry,
+                                reptile, transfer, transfer_heads)
 from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.embedding import EmbeddingLearner
@@ -30,6 +31,7 @@ from metajax.algorithms.maml import MAML
 from metajax.algorithms.maml_plus_plus import MAMLPlusPlus
 from metajax.algorithms.matching import MatchingNet
 from metajax.algorithms.metaoptnet import MetaOptNet
+from metajax.algorithms.neural_process import NeuralProcess
 from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.registry import get, make, names, register
@@ -38,8 +40,8 @@ from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 __all__ = [
     "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "MAML",
-    "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "ProtoNet",
-    "R2D2", "Reptile", "TransferLearner", "cavia", "cnp", "embedding", "get",
-    "imaml", "lstm_meta", "make", "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "protonet",
+    "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet",
+    "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "TransferLearner",
+    "cavia", "cnp", "embedding", "get", "imaml", "lstm_meta", "make", "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "neural_process", "protonet",
     "r2d2", "register", "registry", "reptile", "transfer", "transfer_heads",
 ]

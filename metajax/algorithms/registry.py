@@ -38,6 +38,10 @@ metaoptnet_ridge MetaOptNet-RR (Lee et al. 2019)    ``miniimagenet_5way_1shot``
 cnp              Conditional Neural Process         ``gp_1d``
                  (Garnelo et al. 2018); ``model``
                  must be ``None``
+np               latent Neural Process (Garnelo et   ``gp_1d``
+                 al. 2018b); ``model`` ``None``
+anp              Attentive Neural Process (Kim et    ``gp_1d``
+                 al. 2019); ``model`` ``None``
 baseline         Baseline: pretraining, linear      ``omniglot_5way_1shot``
                  head (Chen et al. 2019)
 baseline_pp      Baseline++: cosine classifier and  ``omniglot_5way_1shot``
@@ -71,6 +75,7 @@ from metajax.algorithms.maml import MAML
 from metajax.algorithms.maml_plus_plus import MAMLPlusPlus
 from metajax.algorithms.matching import MatchingNet
 from metajax.algorithms.metaoptnet import MetaOptNet
+from metajax.algorithms.neural_process import NeuralProcess
 from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.reptile import Reptile
@@ -96,6 +101,8 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "metaoptnet": "miniimagenet_5way_1shot",
     "metaoptnet_ridge": "miniimagenet_5way_1shot",
     "cnp": "gp_1d",
+    "np": "gp_1d",
+    "anp": "gp_1d",
     "baseline": "omniglot_5way_1shot",
     "baseline_pp": "omniglot_5way_1shot",
     "rfs_simple": "omniglot_5way_1shot",
@@ -131,6 +138,8 @@ REFERENCES: dict[str, str] = {
     "metaoptnet_ridge": "Lee, Maji, Ravichandran & Soatto, CVPR 2019 (ridge "
                         "regression head)",
     "cnp": "Garnelo et al., Conditional Neural Processes, ICML 2018",
+    "np": "Garnelo et al., Neural Processes, arXiv:1807.01622, 2018",
+    "anp": "Kim et al., Attentive Neural Processes, ICLR 2019",
     "baseline": "Chen, Liu, Kira, Wang & Huang, A Closer Look at Few-shot "
                 "Classification, ICLR 2019 (Baseline)",
     "baseline_pp": "Chen, Liu, Kira, Wang & Huang, ICLR 2019 (Baseline++)",
@@ -330,6 +339,28 @@ def meta_baseline(model=None, *, setting: str | None = None,
                         overrides)
 
 
+def _neural_process(method: str, model, setting, overrides) -> NeuralProcess:
+  if model is not None:
+    raise ValueError(
+        f"{method} builds its own encoders and decoder; pass latent_sizes, "
+        "deterministic_sizes or decoder_sizes instead of a model")
+  return NeuralProcess(**{**paper_kwargs(method, setting), **overrides})
+
+
+def np_(model=None, *, setting: str | None = None,
+        **overrides) -> NeuralProcess:
+  """The latent Neural Process (uniform attention on the deterministic
+  path) with the notebook's sizes; ``model`` must be ``None``."""
+  return _neural_process("np", model, setting, overrides)
+
+
+def anp(model=None, *, setting: str | None = None,
+        **overrides) -> NeuralProcess:
+  """The Attentive Neural Process (multihead cross-attention) with the
+  notebook's sizes; ``model`` must be ``None``."""
+  return _neural_process("anp", model, setting, overrides)
+
+
 _REGISTRY: dict[str, Factory] = {}
 
 
@@ -384,7 +415,7 @@ for _name, _factory in (
     ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
     ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
     ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),
-    ("cnp", cnp), ("baseline", baseline), ("baseline_pp", baseline_pp),
+    ("cnp", cnp), ("np", np_), ("anp", anp), ("baseline", baseline), ("baseline_pp", baseline_pp),
     ("rfs_simple", rfs_simple), ("simpleshot", simpleshot),
     ("meta_baseline", meta_baseline)):
   register(_name, _factory)

@@ -6,7 +6,8 @@ know every scheme. Here every paper has one module (:mod:`.maml`,
 :mod:`.metasgd`, :mod:`.anil`, :mod:`.maml_plus_plus`, :mod:`.reptile`,
 :mod:`.imaml`, :mod:`.protonet`, :mod:`.matching`, :mod:`.r2d2`,
 :mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.cavia`,
-:mod:`.lstm_meta`, :mod:`.transfer`) holding one table
+:mod:`.lstm_meta`, :mod:`.neural_process`, :mod:`.transfer`) holding one
+table
 ``SETTINGS`` (:mod:`.transfer`: one per method of the family) of
 :class:`PaperSetting`, each with the place in the paper or the official code
 that its values come from, so a number can be checked rather than trusted.
@@ -153,6 +154,8 @@ _METHODS: dict[str, _Method] = {
     "metaoptnet_ridge": _Method("metaoptnet", {"head": "ridge"},
                                 "kjunelee/MetaOptNet train.py --head Ridge"),
     "cnp": _Method("cnp"),
+    "np": _Method("neural_process"),
+    "anp": _Method("neural_process", table="SETTINGS_ANP"),
     "baseline": _Method("transfer"),
     "baseline_pp": _Method("transfer", table="SETTINGS_PP"),
     "rfs_simple": _Method("transfer", table="SETTINGS_RFS"),

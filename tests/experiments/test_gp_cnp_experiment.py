@@ -107,3 +107,12 @@ def test_fresh_starts_over(tiny_run, tmp_path, capsys):
   assert json.loads((out / "config.json").read_text())["seed"] == 7
   assert [row["step"] for row in metrics_log.read_metrics(out)] == list(
       range(6))
+
+
+def test_the_anp_runs_on_the_same_tasks(tmp_path):
+  r = main.main([*TINY, "--workdir", str(tmp_path), "--set", "method=anp"])
+  assert r["method"] == "anp" and r["learner"]["class"] == "NeuralProcess"
+  assert r["learner"]["attention"] == "multihead"
+  assert r["figures"] == ["anp_gp_0.png"]
+  assert np.isfinite(r["test"]["log_likelihood_per_target"]["mean"])
+  assert r["paper_iterations"] == 100_000
