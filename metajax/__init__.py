@@ -16,7 +16,8 @@ from metajax import (algorithms, configs, core, data, evaluation, experiment,
 from metajax.algorithms import (CAVIA, CNP, IMAML, MAML, EmbeddingLearner,
                                 LSTMMetaLearner, MAMLPlusPlus, MatchingNet,
                                 MetaBaseline, MetaOptNet, NeuralProcess,
-                                ProtoNet, R2D2, Reptile, TransferLearner)
+                                ProtoNet, R2D2, Reptile, SNAIL,
+                                TransferLearner)
 from metajax.algorithms.registry import make
 from metajax.core import (Learner, MetaState, Task, adapt, check_tasks,
                           check_ways, init_state, make_meta_step, task_slice)
@@ -27,10 +28,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "Learner",
-    "MAML",
-    "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaState",
-    "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "Task", "TransferLearner", "adapt",
-    "algorithms", "check_tasks", "check_ways", "configs", "core", "data",
-    "evaluate", "evaluation", "experiment", "fit", "init_state", "make",
-    "make_meta_step", "models", "task_slice", "training", "xla_cpu",
+    "MAML", "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet",
+    "MetaState", "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "SNAIL",
+    "Task", "TransferLearner", "adapt", "algorithms", "check_tasks",
+    "check_ways", "configs", "core", "data", "evaluate", "evaluation",
+    "experiment", "fit", "init_state", "make", "make_meta_step", "models",
+    "task_slice", "training", "xla_cpu",
 ]

@@ -19,7 +19,7 @@ TESTS = ROOT / "tests"
 LEARNERS = frozenset({"MAML", "MAMLPlusPlus", "Reptile", "IMAML", "ProtoNet",
                       "MatchingNet", "R2D2", "MetaOptNet", "CNP",
                       "EmbeddingLearner", "TransferLearner", "MetaBaseline",
-                      "CAVIA", "LSTMMetaLearner", "NeuralProcess"})
+                      "CAVIA", "LSTMMetaLearner", "NeuralProcess", "SNAIL"})
 #: the learner-agnostic packages (the meta-step, inner loop, training loop).
 GENERIC = ("core", "training")
 #: test folders that mirror no package: entry points, benchmark scripts and

@@ -63,7 +63,7 @@ META_BASELINE = "meta_baseline"
 #: the methods with a supervised pretraining stage.
 PRETRAIN_METHODS = TRANSFER_METHODS + (META_BASELINE,)
 #: metric, closed-form and transfer learners on conv-4 features (no head).
-FEATURE_METHODS = ("protonet", "matchingnet", "r2d2", "metaoptnet",
+FEATURE_METHODS = ("protonet", "matchingnet", "snail", "r2d2", "metaoptnet",
                    "metaoptnet_ridge") + PRETRAIN_METHODS
 METHODS = HEAD_METHODS + FEATURE_METHODS
 #: config fields that override the paper's learner hyperparameters.

@@ -7,7 +7,7 @@
   :mod:`~metajax.algorithms.reptile`, :mod:`~metajax.algorithms.imaml`;
 * metric: :mod:`~metajax.algorithms.embedding` (the backbone-plus-head
   base), :mod:`~metajax.algorithms.protonet`,
-  :mod:`~metajax.algorithms.matching`;
+  :mod:`~metajax.algorithms.matching`, :mod:`~metajax.algorithms.snail`;
 * closed-form heads: :mod:`~metajax.algorithms.r2d2`,
   :mod:`~metajax.algorithms.metaoptnet`;
 * generative: :mod:`~metajax.algorithms.cnp`,
@@ -21,7 +21,7 @@
 from metajax.algorithms import (cavia, cnp, embedding, imaml, lstm_meta,
                                 maml, maml_plus_plus, matching, metaoptnet,
                                 neural_process, protonet, r2d2, registry,
-                                reptile, transfer, transfer_heads)
+                                reptile, snail, transfer, transfer_heads)
 from metajax.algorithms.cavia import CAVIA
 from metajax.algorithms.cnp import CNP
 from metajax.algorithms.embedding import EmbeddingLearner
@@ -36,12 +36,15 @@ from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.registry import get, make, names, register
 from metajax.algorithms.reptile import Reptile
+from metajax.algorithms.snail import SNAIL
 from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 __all__ = [
     "CAVIA", "CNP", "EmbeddingLearner", "IMAML", "LSTMMetaLearner", "MAML",
     "MAMLPlusPlus", "MatchingNet", "MetaBaseline", "MetaOptNet",
-    "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "TransferLearner",
-    "cavia", "cnp", "embedding", "get", "imaml", "lstm_meta", "make", "maml", "maml_plus_plus", "matching", "metaoptnet", "names", "neural_process", "protonet",
-    "r2d2", "register", "registry", "reptile", "transfer", "transfer_heads",
+    "NeuralProcess", "ProtoNet", "R2D2", "Reptile", "SNAIL", "TransferLearner",
+    "cavia", "cnp", "embedding", "get", "imaml", "lstm_meta", "make", "maml",
+    "maml_plus_plus", "matching", "metaoptnet", "names", "neural_process",
+    "protonet", "r2d2", "register", "registry", "reptile", "snail", "transfer",
+    "transfer_heads",
 ]

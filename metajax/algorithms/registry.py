@@ -32,6 +32,7 @@ protonet         Prototypical Networks (Snell et    ``omniglot_5way_1shot``
                  al. 2017)
 matchingnet      Matching Networks (Vinyals et al.  ``omniglot_5way_1shot``
                  2016)
+snail            SNAIL (Mishra et al. 2018)         ``omniglot_5way_1shot``
 r2d2             R2-D2 (Bertinetto et al. 2019)     ``miniimagenet_5way_1shot``
 metaoptnet       MetaOptNet-SVM (Lee et al. 2019)   ``miniimagenet_5way_1shot``
 metaoptnet_ridge MetaOptNet-RR (Lee et al. 2019)    ``miniimagenet_5way_1shot``
@@ -79,6 +80,7 @@ from metajax.algorithms.neural_process import NeuralProcess
 from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.r2d2 import R2D2
 from metajax.algorithms.reptile import Reptile
+from metajax.algorithms.snail import SNAIL
 from metajax.algorithms.transfer import MetaBaseline, TransferLearner
 
 Factory = Callable[..., Learner]
@@ -97,6 +99,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "imaml": "omniglot_5way_1shot",
     "protonet": "omniglot_5way_1shot",
     "matchingnet": "omniglot_5way_1shot",
+    "snail": "omniglot_5way_1shot",
     "r2d2": "miniimagenet_5way_1shot",
     "metaoptnet": "miniimagenet_5way_1shot",
     "metaoptnet_ridge": "miniimagenet_5way_1shot",
@@ -131,6 +134,8 @@ REFERENCES: dict[str, str] = {
     "protonet": "Snell, Swersky & Zemel, Prototypical Networks, NeurIPS 2017",
     "matchingnet": "Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, "
                    "Matching Networks, NeurIPS 2016",
+    "snail": "Mishra, Rohaninejad, Chen & Abbeel, A Simple Neural Attentive "
+             "Meta-Learner, ICLR 2018",
     "r2d2": "Bertinetto, Henriques, Torr & Vedaldi, Meta-learning with "
             "Differentiable Closed-form Solvers, ICLR 2019",
     "metaoptnet": "Lee, Maji, Ravichandran & Soatto, Meta-Learning with "
@@ -265,6 +270,11 @@ def matchingnet(model=None, *, setting: str | None = None,
                 **overrides) -> MatchingNet:
   """Matching Networks with the paper's settings."""
   return _with_backbone(MatchingNet, "matchingnet", model, setting, overrides)
+
+
+def snail(model=None, *, setting: str | None = None, **overrides) -> SNAIL:
+  """SNAIL with the paper's sequence model (``ways`` is required)."""
+  return _with_backbone(SNAIL, "snail", model, setting, overrides)
 
 
 def r2d2(model=None, *, setting: str | None = None, **overrides) -> R2D2:
@@ -413,7 +423,8 @@ for _name, _factory in (
     ("cavia", cavia), ("lstm_metalearner", lstm_metalearner),
     ("metasgd", metasgd),
     ("mamlpp", mamlpp), ("reptile", reptile), ("imaml", imaml),
-    ("protonet", protonet), ("matchingnet", matchingnet), ("r2d2", r2d2),
+    ("protonet", protonet), ("matchingnet", matchingnet), ("snail", snail),
+    ("r2d2", r2d2),
     ("metaoptnet", metaoptnet), ("metaoptnet_ridge", metaoptnet_ridge),
     ("cnp", cnp), ("np", np_), ("anp", anp), ("baseline", baseline), ("baseline_pp", baseline_pp),
     ("rfs_simple", rfs_simple), ("simpleshot", simpleshot),

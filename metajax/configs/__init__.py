@@ -6,8 +6,8 @@ know every scheme. Here every paper has one module (:mod:`.maml`,
 :mod:`.metasgd`, :mod:`.anil`, :mod:`.maml_plus_plus`, :mod:`.reptile`,
 :mod:`.imaml`, :mod:`.protonet`, :mod:`.matching`, :mod:`.r2d2`,
 :mod:`.metaoptnet`, :mod:`.cnp`, :mod:`.boil`, :mod:`.cavia`,
-:mod:`.lstm_meta`, :mod:`.neural_process`, :mod:`.transfer`) holding one
-table
+:mod:`.lstm_meta`, :mod:`.neural_process`, :mod:`.snail`,
+:mod:`.transfer`) holding one table
 ``SETTINGS`` (:mod:`.transfer`: one per method of the family) of
 :class:`PaperSetting`, each with the place in the paper or the official code
 that its values come from, so a number can be checked rather than trusted.
@@ -141,6 +141,7 @@ _METHODS: dict[str, _Method] = {
     "anil": _Method("anil"),
     "boil": _Method("boil"),
     "cavia": _Method("cavia"),
+    "snail": _Method("snail"),
     "lstm_metalearner": _Method("lstm_meta"),
     "metasgd": _Method("metasgd"),
     "mamlpp": _Method("maml_plus_plus"),

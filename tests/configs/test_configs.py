@@ -17,7 +17,7 @@ from metajax.models import MLP
 
 OMNIGLOT = tuple(f"omniglot_{ways}way_{shots}shot" for ways in (5, 20)
                  for shots in (1, 5))
-EMBEDDING = ("protonet", "matchingnet", "r2d2", "metaoptnet",
+EMBEDDING = ("protonet", "matchingnet", "snail", "r2d2", "metaoptnet",
              "metaoptnet_ridge", "baseline", "baseline_pp", "rfs_simple",
              "simpleshot", "meta_baseline")
 PAIRS = [(m, k) for m in configs.methods() for k in configs.settings(m)]
