@@ -3,7 +3,8 @@
     python -m experiments.gp_cnp                                   # 20,000 steps (minutes on a CPU)
     python -m experiments.gp_cnp --set iterations=200000           # the notebook's budget
     python -m experiments.gp_cnp --config tiny --workdir /tmp/g    # seconds, for tests
-    python -m experiments.gp_cnp --set method=anp --workdir runs/gp_anp   # the ANP (or np)
+    python -m experiments.gp_cnp --set method=anp --workdir runs/gp/anp   # the ANP (or np)
+    python -m experiments.gp_cnp --family runs/gp                  # their table and figure
 
 Training follows DeepMind's neural-processes notebook: each batch draws 64
 functions from a GP with a squared-exponential kernel (length scale 0.4),
@@ -20,15 +21,34 @@ training metrics (``metrics.jsonl``).
 """
 from __future__ import annotations
 
-from experiments.gp_cnp import configs, train
+import argparse
+
+from experiments.gp_cnp import configs, family, train
 from metajax.experiment import cli
+
+
+class _FamilyFlag(argparse.Action):
+  """``--family DIR``: the NP family's table and DIR/family.png, then exit."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    print(family.table(values))
+    print(f"wrote {family.figure(values)}")
+    parser.exit()
+
+
+def extra_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--family", action=_FamilyFlag, nargs=None, default=argparse.SUPPRESS,
+      metavar="DIR", help="print the table of the CNP/NP/ANP runs under DIR, "
+      "draw their predictions on the same test functions into "
+      "DIR/family.png (from their checkpoints) and exit")
 
 
 def main(argv=None):
   return cli.run(argv, configs_module=configs,
                  train_and_evaluate=train.train_and_evaluate,
                  default_workdir="runs/gp_cnp", description=__doc__,
-                 prog="python -m experiments.gp_cnp")
+                 extra_flags=extra_flags, prog="python -m experiments.gp_cnp")
 
 
 if __name__ == "__main__":

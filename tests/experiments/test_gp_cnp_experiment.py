@@ -116,3 +116,17 @@ def test_the_anp_runs_on_the_same_tasks(tmp_path):
   assert r["figures"] == ["anp_gp_0.png"]
   assert np.isfinite(r["test"]["log_likelihood_per_target"]["mean"])
   assert r["paper_iterations"] == 100_000
+
+
+def test_family_table_and_figure_of_three_models(tmp_path, capsys):
+  for method in ("cnp", "np", "anp"):
+    main.main([*TINY, "--workdir", str(tmp_path / method), "--set",
+               f"method={method}", "--set", "plots=0"])
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    main.main(["--family", str(tmp_path)])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  rows = [l for l in out.splitlines() if l.startswith("| ")][1:]  # no header
+  assert [r.split(" | ")[1] for r in rows] == ["CNP", "NP", "ANP"]
+  assert (tmp_path / "family.png").stat().st_size > 10_000
