@@ -216,3 +216,11 @@ def test_registry():
     assert learners.make("my_maml", conv).first_order
   finally:
     learners._REGISTRY.pop("my_maml", None)
+
+
+def test_boil_meta_trains_on_classification_tasks():
+  from tests.helpers import class_tasks, train_loss_drop
+  tasks = class_tasks(5, num_tasks=4, ways=3, shots=2, query=3, dim=6)
+  lrn = learners.make("boil", models.MLP((16,), 3))  # the paper's step 0.5
+  before, after = train_loss_drop(lrn, tasks, steps=30, lr=1e-2)
+  assert after < 0.7 * before
