@@ -51,6 +51,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -230,11 +231,11 @@ class TransferLearner(EmbeddingLearner):
     if images.ndim < 2 or images.shape[0] == 0:
       raise ValueError(f"expected a batch of at least one example, got "
                        f"shape {images.shape}")
-    embed = jax.jit(lambda p, x: jnp.sum(self.apply(p, x), 0))
     total = 0.0
     for i in range(0, images.shape[0], batch_size):
-      total = total + embed(params["model"],
-                            jnp.asarray(images[i:i + batch_size], jnp.float32))
+      total = total + _feature_sum(
+          self, params["model"], jnp.asarray(images[i:i + batch_size],
+                                             jnp.float32))
     return total / images.shape[0]
 
   # -- checks ------------------------------------------------------------------
@@ -244,6 +245,13 @@ class TransferLearner(EmbeddingLearner):
     return check_tasks(tasks, batched=batched, classification=True,
                        num_outputs=max(self.base_classes, self.ways or 0),
                        example_ndim=self.example_ndim)
+
+
+# One compiled program per learner object and batch shape, shared by every
+# call (a jit of a fresh lambda per call would recompile each time).
+@functools.partial(jax.jit, static_argnums=0)
+def _feature_sum(learner, model_params, x):
+  return jnp.sum(learner.apply(model_params, x), 0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
