@@ -128,6 +128,11 @@ class Config:
       (``'pool'``).
     head_init: the head's kernel initialiser (``'normal'``: N(0, 1), as
       cbfinn/maml).
+    conv_init: the conv blocks' initialisation, ``'flax'`` (LeCun-normal
+      kernels, unit batch-norm scales) or ``'torch_legacy'`` (PyTorch < 1.0's
+      defaults, which the ProtoNets code ran with: uniform kernels and
+      biases of bound 1/sqrt(fan_in), batch-norm scales U(0, 1)); see
+      :func:`metajax.models.conv4.block_initializers`.
     compute_dtype: ``'float32'`` or ``'bfloat16'`` (mixed precision: the
       backbone computes in bfloat16, inner loop included, while parameters,
       fast weights, batch-norm statistics, losses and meta-gradients stay
@@ -200,6 +205,7 @@ class Config:
   norm: str = "transductive"
   features: str = "flatten"
   head_init: str = "lecun_normal"
+  conv_init: str = "flax"
   compute_dtype: str = "float32"
   adapt_norm: bool = True
   eval_query_context: str = "batch"
@@ -301,6 +307,7 @@ class Config:
     common.check_choice("norm", self.norm, layers.NORMS)
     common.check_choice("head_init", self.head_init,
                         tuple(conv4_lib.HEAD_INITS))
+    common.check_choice("conv_init", self.conv_init, conv4_lib.INITS)
     common.check_choice("adapt_norm", self.adapt_norm, (True, False))
     common.check_choice("eval_query_context", self.eval_query_context,
                         model_learner.EVAL_QUERY_CONTEXTS)
@@ -431,7 +438,7 @@ def backbone(cfg: Config) -> Conv4:
                filters=cfg.filters, blocks=cfg.blocks,
                downsample=cfg.downsample, norm=cfg.norm,
                features=cfg.features, head_init=cfg.head_init,
-               dtype=COMPUTE_DTYPES[cfg.compute_dtype])
+               conv_init=cfg.conv_init, dtype=COMPUTE_DTYPES[cfg.compute_dtype])
 
 
 def paper_network(cfg: Config) -> bool:

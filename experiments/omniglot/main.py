@@ -52,10 +52,15 @@ class _MethodFlag(argparse.Action):
 
 
 class _TableFlag(argparse.Action):
-  """``--table DIR``: print the markdown table of the runs under DIR, exit."""
+  """``--table DIR``: print the markdown table of the runs under DIR (and,
+  where a configuration ran with several seeds, the table across seeds),
+  exit."""
 
   def __call__(self, parser, namespace, values, option_string=None):
     print(train.table(values))
+    seeds = train.seed_table(values)
+    if seeds:
+      print("\nAcross seeds:\n\n" + seeds)
     parser.exit()
 
 
@@ -74,8 +79,8 @@ def extra_flags(parser: argparse.ArgumentParser) -> None:
       f"--set method=NAME, with --workdir {DEFAULT_WORKDIR}/NAME by default")
   parser.add_argument(
       "--table", action=_TableFlag, nargs=None, default=argparse.SUPPRESS,
-      metavar="DIR", help="print a markdown table of DIR/*/results.json and "
-      "exit")
+      metavar="DIR", help="print a markdown table of DIR/*/results.json (and one "
+      "across seeds for configurations run with several) and exit")
   parser.add_argument(
       "--curves", action=_CurvesFlag, nargs=None, default=argparse.SUPPRESS,
       metavar="DIR", help="draw the learning curves of DIR/*/metrics.jsonl "

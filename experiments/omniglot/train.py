@@ -7,7 +7,8 @@ per-step metrics under ``<method>/train`` in ``<workdir>/metrics.jsonl``),
 tests on ``eval_tasks`` episodes of the test classes drawn from
 ``eval_seed`` through :func:`metajax.evaluation.evaluate` (the same tasks
 for every method, so accuracies are paired) and writes ``results.json``.
-:func:`table` puts the results of many runs side by side.
+:func:`table` puts the results of many runs side by side, :func:`seed_table`
+the seeds of one configuration.
 """
 from __future__ import annotations
 
@@ -291,7 +292,7 @@ def train_and_evaluate(config: configs.Config, workdir, *, data_dir=None,
           "test_sampler": test_sampler.config(),
           "backbone": {"name": "conv4", "filters": cfg.filters,
                        "blocks": cfg.blocks, "downsample": cfg.downsample,
-                       "features": cfg.features,
+                       "features": cfg.features, "init": cfg.conv_init,
                        "head": cfg.method in configs.HEAD_METHODS,
                        "compute_dtype": cfg.compute_dtype},
           "batch_norm": cfg.norm,
@@ -555,6 +556,62 @@ def _row(r: dict) -> str:
           f"{per_step} | {t['num_tasks']} | "
           f"{cfg.get('seed', '-')} | {loss} | {seconds} | "
           f"{r.get('budget', '-')} |")
+
+
+def _seedless_config(cfg: dict) -> str:
+  """The run's configuration without its seed, as a grouping key. Fields a
+  results file lacks (written before the field existed) take the
+  :class:`~experiments.omniglot.configs.Config` default, which is what such a
+  run did."""
+  full = {**config_lib.to_dict(configs.Config()), **cfg}
+  full.pop("seed", None)
+  return json.dumps(full, sort_keys=True, default=str)
+
+
+def seed_table(root) -> str:
+  """A markdown table of the runs under ``root`` that differ only in their
+  seed: one row per configuration run with two or more seeds, giving each
+  seed's test accuracy with its 95% interval over test tasks, then the mean
+  and the sample standard deviation (``ddof=1``) across seeds. ``''`` when
+  no configuration has two seeds.
+
+  Seeds change initialisation and training episodes; the test episodes are
+  drawn from ``eval_seed`` and stay the same, so the spread is the seed's.
+  """
+  groups: dict[str, list] = {}
+  for path in sorted(pathlib.Path(root).glob("*/results.json")):
+    try:
+      r = json.loads(path.read_text())
+      key = _seedless_config(r["config"])
+      t = r["test"]
+      run = (r["config"].get("seed", 0), path.parent.name, t["mean"], t["ci95"])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+    groups.setdefault(key, []).append((run, r))
+  rows = []
+  for runs in groups.values():
+    if len({seed for (seed, *_), _ in runs}) < 2:
+      continue
+    runs.sort(key=lambda run: run[0][:2])
+    r = runs[0][1]
+    cfg = r["config"]
+    acc = 100 * np.array([mean for (_, _, mean, _), _ in runs])
+    published = r.get("published")
+    paper = "-" if not published else f"{published['value']:.2f}" + (
+        "" if published.get("ci95") is None else f" ± {published['ci95']:.2f}")
+    each = "; ".join(f"{seed} ({name}): {100 * mean:.2f} ± {100 * ci:.2f}"
+                     for (seed, name, mean, ci), _ in runs)
+    rows.append(
+        f"| {r.get('method', cfg.get('method', '?'))} | "
+        f"{cfg.get('ways', '?')}w{cfg.get('shots', '?')}s | {each} | "
+        f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f} ({len(runs)} seeds) | "
+        f"{paper} | {r.get('budget', '-')} |")
+  if not rows:
+    return ""
+  head = ("| method | cell | seed (run): test accuracy % (95% CI) | "
+          "mean ± sd across seeds | published % | budget |\n"
+          "|---|---|---|---|---|---|")
+  return "\n".join([head] + rows)
 
 
 def learning_curves(root, path=None, *, window: int = 50):

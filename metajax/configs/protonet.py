@@ -16,6 +16,14 @@ support and query embedded together (``embedding='joint'``). Training runs
 epochs of 100 episodes with early stopping on validation (patience 200
 epochs), then retrains on train + validation (``run_trainval.py``) for the
 epochs found.
+
+The code builds its ``nn.Conv2d``/``nn.BatchNorm2d`` layers without
+initialising them, on a PyTorch older than 0.4 (``loss_val.data[0]``), whose
+defaults were uniform kernels and biases of bound ``1/sqrt(fan_in)`` and
+batch-norm scales drawn from U(0, 1) (ones since PyTorch 1.0,
+pytorch/pytorch#12259). The Omniglot experiment's ``conv_init='torch_legacy'``
+reproduces them; the paper cells keep flax's initialisation (``'flax'``), the
+setting of their committed results.
 """
 from __future__ import annotations
 

@@ -10,9 +10,12 @@ gives 32 * 5 * 5 = 800.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from metajax.models.layers import Conv, NormReluMaxPool, norm_layer
 
@@ -22,6 +25,36 @@ HEAD_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
               "normal": nn.initializers.normal(stddev=1.0)}
 #: how the last block's ``(N, h, w, filters)`` map becomes a feature vector.
 FEATURES = ("flatten", "pool")
+#: initialisations of the conv blocks, see :func:`block_initializers`.
+INITS = ("flax", "torch_legacy")
+
+
+def _uniform(bound: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def block_initializers(init: str, in_channels: int, kernel_size: int = 3):
+  """``(conv kwargs, norm kwargs)`` initialising one conv block.
+
+  * ``'flax'``: flax's defaults: LeCun-normal kernel, zero bias, batch-norm
+    scale 1.
+  * ``'torch_legacy'``: PyTorch's defaults before 1.0, which the 2017
+    few-shot code ran with (jakesnell/prototypical-networks builds
+    ``nn.Conv2d``/``nn.BatchNorm2d`` without initialising them, on a
+    PyTorch whose ``loss.data[0]`` predates 0.4): kernel and bias
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with ``fan_in = k * k * Cin``, and
+    batch-norm scale U(0, 1). PyTorch 1.0 changed the scale to 1
+    (pytorch/pytorch#12259). The batch-norm bias starts at 0 in both.
+  """
+  if init == "flax":
+    return {}, {}
+  if init == "torch_legacy":
+    bound = 1.0 / math.sqrt(kernel_size * kernel_size * in_channels)
+    return ({"kernel_init": _uniform(bound), "bias_init": _uniform(bound)},
+            {"scale_init": nn.initializers.uniform(scale=1.0)})
+  raise ValueError(f"unknown conv_init {init!r}; choose one of {INITS}")
 
 
 class Conv4(nn.Module):
@@ -46,6 +79,10 @@ class Conv4(nn.Module):
     head_init: the head kernel's initialiser, one of :data:`HEAD_INITS`:
       ``'lecun_normal'`` (flax's default) or ``'normal'`` (N(0, 1), as
       cbfinn/maml's ``tf.random_normal`` head); biases start at zero.
+    conv_init: how the conv blocks are initialised, one of :data:`INITS`:
+      ``'flax'`` (default) or ``'torch_legacy'`` (PyTorch < 1.0's, as the
+      ProtoNets code ran); see :func:`block_initializers`. The head follows
+      ``head_init``.
     pool_phases: keep a max-pool block's convolution with one input channel
       (Omniglot's first block) as the pool's phases, with batch-norm
       moments from patch statistics, never the full-size map
@@ -70,6 +107,7 @@ class Conv4(nn.Module):
   norm: str = "transductive"
   features: str = "flatten"
   head_init: str = "lecun_normal"
+  conv_init: str = "flax"
   pool_phases: bool | None = None
   dtype: Any = None
 
@@ -87,6 +125,9 @@ class Conv4(nn.Module):
       raise ValueError(
           f"unknown head_init {self.head_init!r}; choose one of "
           f"{tuple(HEAD_INITS)}")
+    if self.conv_init not in INITS:
+      raise ValueError(
+          f"unknown conv_init {self.conv_init!r}; choose one of {INITS}")
     small = min(x.shape[1:3])
     if small < 2 ** self.blocks:
       raise ValueError(
@@ -98,17 +139,19 @@ class Conv4(nn.Module):
     phases = (self.num_outputs is None if self.pool_phases is None
               else bool(self.pool_phases))
     for i in range(self.blocks):
+      conv_init, norm_init = block_initializers(self.conv_init, x.shape[-1])
       if self.downsample == "maxpool":
         # Norm and ReLU after the pool: same values, 4x smaller tensors.
-        y, b = Conv(self.filters, 3, param_dtype=param_dtype, name=f"conv{i}")(
+        y, b = Conv(self.filters, 3, param_dtype=param_dtype, name=f"conv{i}",
+                    **conv_init)(
             x, split_bias=True, pool_window=2 if phases else None)
         x = NormReluMaxPool(self.norm, 2, param_dtype=param_dtype,
-                            name=f"norm{i}")(y, b)
+                            name=f"norm{i}", **norm_init)(y, b)
       else:
         x = Conv(self.filters, 3, strides=2, param_dtype=param_dtype,
-                 name=f"conv{i}")(x)
+                 name=f"conv{i}", **conv_init)(x)
         x = nn.relu(norm_layer(self.norm, name=f"norm{i}",
-                               param_dtype=param_dtype)(x))
+                               param_dtype=param_dtype, **norm_init)(x))
     x = (x.reshape(x.shape[0], -1) if self.features == "flatten"
          else x.mean(axis=(1, 2)))
     if self.num_outputs is not None:

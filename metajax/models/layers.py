@@ -26,6 +26,8 @@ class Conv(nn.Module):
       input's. Kernel and bias are cast to it when applied, so their
       gradients come back in their own dtype.
     param_dtype: the parameters' dtype; ``None``: the input's.
+    kernel_init, bias_init: initialisers of the kernel (``(k, k, Cin,
+      features)``) and the bias.
   """
   features: int
   kernel_size: int = 3
@@ -33,6 +35,7 @@ class Conv(nn.Module):
   padding: str = "SAME"
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
   dtype: Any = None
   param_dtype: Any = None
 
@@ -63,7 +66,7 @@ class Conv(nn.Module):
                                  moments_dtype=jnp.promote_types(dtype, param_dtype))
     else:
       y = ops.conv2d(x.astype(dtype), w.astype(dtype), self.padding, self.strides)
-    bias = (self.param("bias", nn.initializers.zeros, (self.features,),
+    bias = (self.param("bias", self.bias_init, (self.features,),
                        param_dtype).astype(dtype)
             if self.use_bias else None)
     if split_bias:
@@ -106,7 +109,8 @@ def _check_norm(norm: str) -> None:
 
 
 def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
-                   shift=None, param_dtype=None, moments=None):
+                   shift=None, param_dtype=None, moments=None,
+                   scale_init=nn.initializers.ones):
   """``(mean, scale / std, bias, scale)`` of policy ``norm`` for ``y + shift``.
 
   ``moments``: ``(mean, biased variance, count)`` of ``y`` when the caller
@@ -137,7 +141,7 @@ def _normalisation(module: nn.Module, y, norm: str, epsilon: float,
   if norm == "maml":
     scale, epsilon = None, MAML_EPSILON
   else:
-    scale = module.param("scale", nn.initializers.ones, (c,), param_dtype)
+    scale = module.param("scale", scale_init, (c,), param_dtype)
   evaluating = (norm == "running"
                 and module.has_variable(BATCH_STATS, "mean")
                 and not module.is_mutable_collection(BATCH_STATS))
@@ -181,11 +185,13 @@ class BatchNorm(nn.Module):
   * ``'none'``: identity.
 
   ``param_dtype`` (``None``: the input's) holds the parameters and the
-  statistics; the output keeps the input's dtype.
+  statistics; the output keeps the input's dtype. ``scale_init``
+  initialises ``scale`` (ones; PyTorch before 1.0 drew it from U(0, 1)).
   """
   norm: str = "transductive"
   epsilon: float = 1e-5
   param_dtype: Any = None
+  scale_init: Any = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x):
@@ -193,7 +199,8 @@ class BatchNorm(nn.Module):
     if self.norm == "none":
       return x
     mean, mult, bias, _ = _normalisation(self, x, self.norm, self.epsilon,
-                                         param_dtype=self.param_dtype)
+                                         param_dtype=self.param_dtype,
+                                         scale_init=self.scale_init)
     return ((x - mean) * mult + bias).astype(x.dtype)
 
 
@@ -236,11 +243,13 @@ class NormReluMaxPool(nn.Module):
     epsilon: added to the variance.
     param_dtype: dtype of the parameters and statistics (``None``: ``y``'s);
       the output keeps ``y``'s dtype.
+    scale_init: initialiser of ``scale`` (as :class:`BatchNorm`).
   """
   norm: str = "transductive"
   window: int = 2
   epsilon: float = 1e-5
   param_dtype: Any = None
+  scale_init: Any = nn.initializers.ones
 
   @nn.compact
   def __call__(self, y, conv_bias=None):
@@ -264,7 +273,8 @@ class NormReluMaxPool(nn.Module):
     mean, mult, bias, scale = _normalisation(self, y, self.norm, self.epsilon,
                                              shift=conv_bias,
                                              param_dtype=self.param_dtype,
-                                             moments=moments)
+                                             moments=moments,
+                                             scale_init=self.scale_init)
     if scale is None:
       m = pool(1)
     else:
@@ -279,9 +289,11 @@ class NormReluMaxPool(nn.Module):
     return nn.relu((m - mean) * mult + bias).astype(y.dtype)
 
 
-def norm_layer(norm: str, name: str | None = None, param_dtype=None):
+def norm_layer(norm: str, name: str | None = None, param_dtype=None,
+               scale_init=nn.initializers.ones):
   """The normalisation layer for a policy name (:data:`NORMS`)."""
   _check_norm(norm)
   if norm == "none":
     return lambda x: x
-  return BatchNorm(norm, name=name, param_dtype=param_dtype)
+  return BatchNorm(norm, name=name, param_dtype=param_dtype,
+                   scale_init=scale_init)

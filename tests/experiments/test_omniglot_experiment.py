@@ -135,6 +135,50 @@ def test_table_of_the_committed_paper_cells_shows_published_and_policy():
   assert "| shortened |" in protonet[0]
 
 
+def _write_result(root, name, *, mean, ci95=0.002, **config):
+  cfg = {"method": "protonet", "ways": 5, "shots": 5, "iterations": 6000,
+         **config}
+  (root / name).mkdir()
+  (root / name / "results.json").write_text(json.dumps({
+      "method": cfg["method"], "config": cfg, "budget": "shortened",
+      "published": {"value": 99.7, "ci95": None},
+      "test": {"mean": mean, "ci95": ci95, "num_tasks": 1000}}))
+
+
+def test_seed_table_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
+  # Seed 0 written before a field existed (resize absent: its default).
+  _write_result(tmp_path, "a_seed0", mean=0.9963, seed=0)
+  _write_result(tmp_path, "a_seed1", mean=0.9971, seed=1, resize="linear")
+  _write_result(tmp_path, "a_seed2", mean=0.9958, seed=2, resize="linear")
+  _write_result(tmp_path, "b_nearest", mean=0.9955, seed=1, resize="nearest")
+  _write_result(tmp_path, "c_longer", mean=0.99, seed=0, iterations=9000)
+  (tmp_path / "d_foreign").mkdir()
+  (tmp_path / "d_foreign" / "results.json").write_text('{"not": "omniglot"}')
+  rows = train.seed_table(tmp_path).splitlines()
+  assert len(rows) == 3  # header, rule, one group: the others have one seed
+  acc = 100 * np.array([0.9963, 0.9971, 0.9958])
+  assert f"| {acc.mean():.2f} ± {acc.std(ddof=1):.2f} (3 seeds) |" in rows[2]
+  assert rows[2].startswith("| protonet | 5w5s | 0 (a_seed0): 99.63 ± 0.20; "
+                            "1 (a_seed1): 99.71 ± 0.20; 2 (a_seed2): 99.58")
+  assert rows[2].endswith("| 99.70 | shortened |")
+  # A different configuration is not a seed: with one run each, no table.
+  (tmp_path / "a_seed1" / "results.json").unlink()
+  (tmp_path / "a_seed2" / "results.json").unlink()
+  assert train.seed_table(tmp_path) == ""
+  with pytest.raises(SystemExit):
+    main.main(["--table", str(tmp_path)])
+  assert "Across seeds" not in capsys.readouterr().out
+
+
+def test_table_flag_prints_the_seed_table(tmp_path, capsys):
+  _write_result(tmp_path, "s0", mean=0.98, seed=0)
+  _write_result(tmp_path, "s1", mean=0.99, seed=1)
+  with pytest.raises(SystemExit):
+    main.main(["--table", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert "Across seeds" in out and "98.50 ± 0.71 (2 seeds)" in out
+
+
 def test_every_method_is_registered_and_has_the_omniglot_settings():
   assert set(configs.METHODS) <= set(registry.names())
   for method in configs.METHODS:

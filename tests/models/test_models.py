@@ -58,3 +58,35 @@ def test_mlp_shapes():
   p = net.init(jax.random.PRNGKey(0), jnp.zeros((3, 1)))
   assert net.apply(p, jnp.zeros((7, 1))).shape == (7, 1)
   assert p["params"]["dense0"]["kernel"].shape == (1, 40)
+
+
+@pytest.mark.parametrize("downsample", ["maxpool", "stride"])
+def test_conv4_torch_legacy_init_is_pytorch_before_1_0(downsample):
+  from scipy import stats
+  x = jnp.zeros((2, 28, 28, 1))
+  key = jax.random.PRNGKey(3)
+  legacy = Conv4(5, filters=64, downsample=downsample, norm="running",
+                 conv_init="torch_legacy").init(key, x)["params"]
+  flax_default = Conv4(5, filters=64, downsample=downsample,
+                       norm="running").init(key, x)["params"]
+  for i, cin in enumerate([1, 64, 64, 64]):
+    bound = 1 / np.sqrt(9 * cin)
+    for name in ("kernel", "bias"):
+      v = np.asarray(legacy[f"conv{i}"][name]).ravel() / bound
+      assert np.all(np.abs(v) <= 1) and np.std(v) > 0.3
+      if v.size > 1000:  # U(-1, 1) after scaling, not a normal
+        assert stats.kstest(v, "uniform", args=(-1, 2)).pvalue > 1e-3
+    scale = np.asarray(legacy[f"norm{i}"]["scale"])
+    assert np.all((scale >= 0) & (scale < 1)) and 0.3 < scale.mean() < 0.7
+    np.testing.assert_array_equal(legacy[f"norm{i}"]["bias"], 0)
+    # flax's defaults: LeCun-normal kernel, zero bias, unit scale.
+    k = np.asarray(flax_default[f"conv{i}"]["kernel"]).ravel()
+    if k.size > 1000:
+      assert abs(np.std(k) * np.sqrt(9 * cin) - 1) < 0.05
+    np.testing.assert_array_equal(flax_default[f"conv{i}"]["bias"], 0)
+    np.testing.assert_array_equal(flax_default[f"norm{i}"]["scale"], 1)
+  # The head follows head_init, whatever the blocks' initialisation.
+  np.testing.assert_array_equal(legacy["head"]["kernel"],
+                                flax_default["head"]["kernel"])
+  with pytest.raises(ValueError, match="unknown conv_init 'torch'"):
+    Conv4(5, conv_init="torch").init(key, x)
