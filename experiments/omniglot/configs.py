@@ -96,6 +96,8 @@ COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 #: which classes meta-train: the split's training classes, or training and
 #: validation classes together (ProtoNets' final retraining).
 TRAIN_CLASSES = ("train", "trainval")
+#: Validation episodes per round: the same ones every round, or new ones.
+VAL_EPISODES = ("fixed", "fresh")
 
 
 @dataclasses.dataclass
@@ -167,6 +169,14 @@ class Config:
       test the best validated weights (early stopping); ``None``: no
       validation, test the last weights.
     val_tasks, val_seed: the validation episodes.
+    val_episodes: ``'fixed'``: every round scores the same ``val_tasks``
+      episodes (stream ``val_seed``), so the criterion moves only with the
+      model; ``'fresh'``: each round draws new ones (stream ``val_seed +
+      step``, so a resumed run draws the same), as ProtoNets' code does
+      (its ``EpisodicBatchSampler`` draws classes with ``torch.randperm``
+      on every pass). With fresh episodes, sampling noise alone sets new
+      bests, so early stopping ends later and less predictably. The paper
+      cells keep ``'fixed'``, the setting of their committed results.
     patience: stop after this many validations without improvement.
     retrain_trainval: after early stopping, retrain from scratch on the
       training and validation classes for the best validated number of
@@ -225,6 +235,7 @@ class Config:
   val_every: int | None = None
   val_tasks: int = 200
   val_seed: int = 1
+  val_episodes: str = "fixed"
   patience: int = 20
   retrain_trainval: bool = False
   eval_tasks: int = 600
@@ -360,6 +371,7 @@ class Config:
             f"({self.val_every})")
     common.check_int("val_tasks", self.val_tasks, 1)
     common.check_int("val_seed", self.val_seed, 0)
+    common.check_choice("val_episodes", self.val_episodes, VAL_EPISODES)
     common.check_int("patience", self.patience, 1)
     common.check_choice("retrain_trainval", self.retrain_trainval,
                         (True, False))

@@ -468,9 +468,10 @@ class _Training:
     """Trains in rounds of ``val_every`` steps, validating after each.
 
     Validation is the mean query loss over ``val_tasks`` episodes of the
-    validation classes (ProtoNets' criterion); the best round's state is
-    checkpointed in ``<checkpoint_dir>/best`` and returned. Stops after
-    ``patience`` rounds without improvement or at ``iterations``. The
+    validation classes (ProtoNets' criterion), the same or new ones each
+    round (``val_episodes``, :func:`validation_seed`); the best round's
+    state is checkpointed in ``<checkpoint_dir>/best`` and returned. Stops
+    after ``patience`` rounds without improvement or at ``iterations``. The
     validation history is kept in ``<checkpoint_dir>/validation.json``, so
     an interrupted run resumes with it.
     """
@@ -493,7 +494,7 @@ class _Training:
                                       cfg.method, metrics, state)
       val = evaluation.evaluate(
           self.learner, state.params, val_sampler, num_tasks=cfg.val_tasks,
-          seed=cfg.val_seed, batch_size=cfg.eval_batch,
+          seed=validation_seed(cfg, target), batch_size=cfg.eval_batch,
           model_state=state.model_state)
       loss = float(np.mean(val.per_task["loss"][:, -1]))
       row = {"step": target, "loss": loss, "accuracy": val.mean,
@@ -517,11 +518,45 @@ class _Training:
     validation = {
         "criterion": "mean query loss on validation episodes",
         "every": cfg.val_every, "tasks": cfg.val_tasks, "seed": cfg.val_seed,
+        "episodes": cfg.val_episodes,
         "patience": cfg.patience, "stopped_early": stopped_early,
         "best_step": best["step"], "best_loss": best["loss"],
         "best_accuracy": best["accuracy"], "rounds": rounds,
         "tested": "best validated weights"}
     return state, hist, metrics, validation
+
+
+def validation_seed(cfg: configs.Config, step: int) -> int:
+  """The task stream of the validation round that ends at ``step``: the
+  same every round (``val_episodes='fixed'``) or one per round
+  (``'fresh'``)."""
+  return cfg.val_seed + (step if cfg.val_episodes == "fresh" else 0)
+
+
+def published_of(r: dict) -> dict | None:
+  """The published reference of a results file: the library's current one
+  for the run's paper cell and batch-norm policy, which can know more than
+  the file does (a re-run of the official code reported since the run);
+  otherwise the one the file recorded."""
+  try:
+    setting = paper_configs.get(r["method"], r["paper_setting"]["name"])
+    policy = r["protocol"]["batch_norm_policy"]
+  except (KeyError, TypeError, ValueError):
+    return r.get("published")
+  return published_for(setting, policy) or r.get("published")
+
+
+def _published_cell(published: dict | None) -> str:
+  """The published number for a table cell, with its interval and, where
+  others re-ran the official code, what the code gave."""
+  if not published:
+    return "-"
+  cell = f"{published['value']:.2f}"
+  if published.get("ci95") is not None:
+    cell += f" ± {published['ci95']:.2f}"
+  if published.get("official_code_rerun") is not None:
+    cell += f" (code re-run: {published['official_code_rerun']:.2f})"
+  return cell
 
 
 def _row(r: dict) -> str:
@@ -537,12 +572,7 @@ def _row(r: dict) -> str:
   loss = "-"
   if "loss_first" in train and "loss_last" in train:
     loss = f"{train['loss_first']:.3f} -> {train['loss_last']:.3f}"
-  published = r.get("published")
-  paper = "-"
-  if published:
-    paper = f"{published['value']:.2f}"
-    if published.get("ci95") is not None:
-      paper += f" ± {published['ci95']:.2f}"
+  paper = _published_cell(published_of(r))
   cell = "{}w{}s".format(cfg.get("ways", "?"), cfg.get("shots", "?"))
   protocol = r.get("protocol", {})
   per_step = cfg.get("meta_batch", "-")
@@ -596,9 +626,7 @@ def seed_table(root) -> str:
     r = runs[0][1]
     cfg = r["config"]
     acc = 100 * np.array([mean for (_, _, mean, _), _ in runs])
-    published = r.get("published")
-    paper = "-" if not published else f"{published['value']:.2f}" + (
-        "" if published.get("ci95") is None else f" ± {published['ci95']:.2f}")
+    paper = _published_cell(published_of(r))
     each = "; ".join(f"{seed} ({name}): {100 * mean:.2f} ± {100 * ci:.2f}"
                      for (seed, name, mean, ci), _ in runs)
     rows.append(

@@ -72,19 +72,27 @@ class Published:
       each query scored together with the support set); a run is compared
       with the number of its own policy.
     note: how it was made, where that matters (ensembles, seeds, filters).
+    official_code_rerun: the same cell's metric when others ran the official
+      code as released, where that is reported (``None`` if not). A run that
+      matches it but not ``value`` reproduces the code, not the printed table.
+    official_code_rerun_where: where that re-run is reported.
   """
   value: float
   ci95: float | None
   where: str
   batch_norm: tuple[str, ...] = ("transductive",)
   note: str = ""
+  official_code_rerun: float | None = None
+  official_code_rerun_where: str = ""
 
   def matches(self, norm: str) -> bool:
     return norm in self.batch_norm
 
   def to_dict(self) -> dict:
     return {"value": self.value, "ci95": self.ci95, "where": self.where,
-            "batch_norm": list(self.batch_norm), "note": self.note}
+            "batch_norm": list(self.batch_norm), "note": self.note,
+            "official_code_rerun": self.official_code_rerun,
+            "official_code_rerun_where": self.official_code_rerun_where}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -198,6 +198,17 @@ def test_published_numbers_name_their_table_and_policy():
   assert configs.get("fomaml", "omniglot_20way_1shot").published[0].value == 89.4
   assert configs.get("maml", "omniglot_20way_1shot").published[0].value == 95.8
   assert not configs.get("anil", "omniglot_5way_1shot").published
+  # Where users re-ran the official code, both numbers; the re-run says where.
+  for (ways, shots), printed, rerun in [((5, 1), 98.8, 98.4),
+                                        ((5, 5), 99.7, 99.6),
+                                        ((20, 1), 96.0, 94.9),
+                                        ((20, 5), 98.9, 98.6)]:
+    p = configs.get("protonet", f"omniglot_{ways}way_{shots}shot").published[0]
+    assert (p.value, p.official_code_rerun) == (printed, rerun)
+    assert "prototypical-networks#2" in p.official_code_rerun_where
+    assert p.to_dict()["official_code_rerun"] == rerun
+  assert configs.get("maml", "omniglot_5way_1shot").published[0] \
+      .official_code_rerun is None
 
 
 def test_every_registered_method_names_its_paper():
